@@ -1,0 +1,156 @@
+/*
+ * backend.h: the ops table every compute backend implements (cpu/ now, cuda/ next; a Metal one would
+ * be one more folder). The model's forward pass (model/forward.c) is written once against it.
+ *
+ * Memory: tensors live in backend memory (host memory for the CPU, device memory for CUDA).
+ * All kernel ops are asynchronous on the backend's one stream; download() and synchronize() wait.
+ * Ops never fail on valid shapes: shapes are checked by the caller (model code), and a backend
+ * LOOM_ASSERTs what it relies on. Everything large is allocated before the step loop.
+ *
+ * Activations use be->act_dtype (F32 on the CPU; BF16 or F32 on CUDA). Weights keep their stored
+ * dtype (F32, F16 or BF16) unless the model loader converted them (--dtype).
+ */
+#ifndef LOOM_BACKEND_H
+#define LOOM_BACKEND_H
+
+#include "core/dtype.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A 2-D row-major matrix view: element (r, c) is at data + (r * stride + c) * dtype size.
+ * A vector is rows = 1. */
+struct loom_tensor {
+    void *data;
+    enum loom_dtype dtype;
+    int64_t rows, cols;
+    int64_t stride; /* elements between row starts, >= cols */
+};
+
+static inline struct loom_tensor loom_tensor_2d(void *data, enum loom_dtype t, int64_t rows, int64_t cols)
+{
+    struct loom_tensor x = {data, t, rows, cols, cols};
+    return x;
+}
+
+/* Rows [r0, r0 + n) of x. */
+static inline struct loom_tensor loom_tensor_rows(struct loom_tensor x, int64_t r0, int64_t n)
+{
+    x.data = (char *)x.data + (size_t)(r0 * x.stride) * loom_dtype_size(x.dtype);
+    x.rows = n;
+    return x;
+}
+
+/* The same contiguous memory seen as rows x cols (x must be contiguous: stride == cols). */
+static inline struct loom_tensor loom_tensor_reshape(struct loom_tensor x, int64_t rows, int64_t cols)
+{
+    x.rows = rows;
+    x.cols = cols;
+    x.stride = cols;
+    return x;
+}
+
+/*
+ * The attention metadata of one step (backend memory unless marked host). The step holds n_seqs
+ * sequences; sequence s has q_len = query_start[s+1] - query_start[s] new tokens at the end of a
+ * context of seq_lens[s] tokens, so its query j sits at position seq_lens[s] - q_len + j and attends
+ * causally to context positions [max(0, pos - sliding_window + 1), pos] (sliding_window 0: no limit).
+ * Context position p of sequence s is KV slot block_tables[s * max_blocks_per_seq + p / block_size]
+ * * block_size + p % block_size.
+ */
+struct loom_attn_meta {
+    int n_tokens, n_seqs;
+    int block_size, max_blocks_per_seq;
+    int max_query_len, max_seq_len;
+    const int32_t *positions;    /* [n_tokens] */
+    const int32_t *slot_mapping; /* [n_tokens] where this step's K/V go */
+    const int32_t *query_start;  /* [n_seqs + 1] */
+    const int32_t *seq_lens;     /* [n_seqs] */
+    const int32_t *block_tables; /* [n_seqs * max_blocks_per_seq] */
+    const int32_t *h_query_start, *h_seq_lens; /* host copies of the same, for launch decisions */
+};
+
+struct loom_backend;
+
+struct loom_backend_ops {
+    void (*destroy)(struct loom_backend *be);
+
+    /* ---- memory ---- */
+    void *(*alloc)(struct loom_backend *be, size_t bytes); /* aborts if the device is out of memory */
+    void (*free)(struct loom_backend *be, void *ptr);
+    /* Weights from host memory that stays valid (mmap): the CPU may return src itself. */
+    void *(*upload_weights)(struct loom_backend *be, const void *src, size_t bytes);
+    void (*upload)(struct loom_backend *be, void *dst, const void *src, size_t bytes);   /* host -> be */
+    void (*download)(struct loom_backend *be, void *dst, const void *src, size_t bytes); /* be -> host, waits */
+    void (*synchronize)(struct loom_backend *be);
+    void (*memory_info)(struct loom_backend *be, size_t *free_bytes, size_t *total_bytes);
+
+    /* ---- kernels ---- */
+    /* out[i, :] = table[ids[i], :]; ids: int32 [out.rows] in backend memory */
+    void (*embedding)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor table,
+                      const int32_t *ids);
+    /* out = x / sqrt(mean(x^2) + eps) * weight, per row; out may alias x */
+    void (*rmsnorm)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x,
+                    struct loom_tensor weight, float eps);
+    /* residual += x; out = rmsnorm(residual) * weight (the pre-norm of the next sublayer) */
+    void (*add_rmsnorm)(struct loom_backend *be, struct loom_tensor residual, struct loom_tensor x,
+                        struct loom_tensor out, struct loom_tensor weight, float eps);
+    /* out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]); out may be F32 when x is act_dtype */
+    void (*matmul)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x,
+                   struct loom_tensor w, const struct loom_tensor *bias);
+    /* Rotary embedding in place, neox style (rotate halves), x: [n, n_heads * head_dim];
+     * inv_freq: F32 [head_dim / 2] (scaling already applied); positions: int32 [n] */
+    void (*rope)(struct loom_backend *be, struct loom_tensor x, const int32_t *positions, int n_heads,
+                 int head_dim, struct loom_tensor inv_freq);
+    /* k_cache/v_cache: [num_slots, n_kv_heads * head_dim]; row slot_mapping[i] = k[i] / v[i] */
+    void (*kv_store)(struct loom_backend *be, struct loom_tensor k_cache, struct loom_tensor v_cache,
+                     struct loom_tensor k, struct loom_tensor v, const int32_t *slot_mapping);
+    /* Paged causal attention (GQA: head h reads kv head h / (n_heads / n_kv_heads)).
+     * out, q: [n_tokens, n_heads * head_dim] */
+    void (*attention)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q,
+                      struct loom_tensor k_cache, struct loom_tensor v_cache, const struct loom_attn_meta *meta,
+                      int n_heads, int n_kv_heads, int head_dim, float scale, int sliding_window);
+    /* out = silu(gate) * up, elementwise */
+    void (*silu_mul)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor gate,
+                     struct loom_tensor up);
+    /* x += y */
+    void (*add)(struct loom_backend *be, struct loom_tensor x, struct loom_tensor y);
+    /* out[i, :] = x[idx[i], :]; idx: int32 [out.rows] */
+    void (*gather_rows)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x,
+                        const int32_t *idx);
+    /* out[idx[i], :] += weight[i] * x[i, :]; idx distinct within one call; weight: F32 [x.rows] */
+    void (*scatter_add_rows)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x,
+                             const int32_t *idx, const float *weight);
+    /* MoE routing per row of logits [n, n_experts]: softmax, top-k, renormalize if asked.
+     * ids: int32 [n * k], weights: F32 [n * k], both in backend memory. */
+    void (*moe_route)(struct loom_backend *be, struct loom_tensor logits, int k, bool renormalize,
+                      int32_t *ids, float *weights);
+    /* dst = src converted to dst.dtype (same shape) */
+    void (*convert)(struct loom_backend *be, struct loom_tensor dst, struct loom_tensor src);
+};
+
+struct loom_backend {
+    const struct loom_backend_ops *ops;
+    const char *name;         /* "cpu", "cuda" */
+    enum loom_dtype act_dtype;
+    int threads;
+    void *ctx;                /* the backend's own state */
+};
+
+struct loom_backend_options {
+    const char *device;       /* "cpu" or "cuda" */
+    enum loom_dtype act_dtype; /* F32 on the CPU; BF16/F16/F32 on CUDA */
+    int threads;              /* CPU: 0 = all cores */
+    int device_index;
+};
+
+/* Creates the backend named by opts->device; LOOM_EUNSUPPORTED if not built in or no device. */
+int loom_backend_create(const struct loom_backend_options *opts, struct loom_backend **out);
+void loom_backend_destroy(struct loom_backend *be);
+
+/* Each backend's constructor (backend.c dispatches). */
+int loom_backend_cpu_create(const struct loom_backend_options *opts, struct loom_backend **out);
+int loom_backend_cuda_create(const struct loom_backend_options *opts, struct loom_backend **out);
+bool loom_backend_cuda_available(void);
+
+#endif

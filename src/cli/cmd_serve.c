@@ -1,0 +1,11 @@
+/* cmd_serve.c: placeholder until this command is written (see the open issues). */
+#include "cli/commands.h"
+#include <stdio.h>
+
+int loom_cmd_serve(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "loom: 'serve' is not implemented yet\n");
+    return 1;
+}

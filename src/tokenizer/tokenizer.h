@@ -1,0 +1,63 @@
+/*
+ * tokenizer.h: a model's tokenizer.json (+ tokenizer_config.json), exactly as Hugging Face
+ * `tokenizers` runs it: normalizer, pre-tokenizer, BPE model (byte-level or SentencePiece-style with
+ * byte fallback), post-processor, decoder, and added/special tokens matched before the model.
+ * Also an incremental detokenizer for streaming that never emits a partial UTF-8 character.
+ */
+#ifndef LOOM_TOKENIZER_H
+#define LOOM_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loom_tokenizer;
+
+/* dir holds tokenizer.json; tokenizer_config.json is optional (special tokens, chat template). */
+int loom_tokenizer_load(const char *dir, struct loom_tokenizer **out);
+/* From memory: tokenizer.json text and the optional tokenizer_config.json text (NULL). */
+int loom_tokenizer_load_json(const char *tokenizer_json, size_t len, const char *config_json, size_t config_len,
+                             struct loom_tokenizer **out);
+void loom_tokenizer_free(struct loom_tokenizer *t);
+
+/* Text -> ids (caller frees *ids). add_special_tokens runs the post-processor (e.g. BOS).
+ * Invalid UTF-8 is LOOM_EINVAL. */
+int loom_tokenizer_encode(const struct loom_tokenizer *t, const char *text, size_t len, bool add_special_tokens,
+                          int32_t **ids, int *n_ids);
+/* Ids -> text (caller frees *text, NUL-terminated). An id out of range is LOOM_EINVAL. */
+int loom_tokenizer_decode(const struct loom_tokenizer *t, const int32_t *ids, int n_ids, bool skip_special_tokens,
+                          char **text, size_t *len);
+
+int loom_tokenizer_vocab_size(const struct loom_tokenizer *t); /* largest id + 1, added tokens included */
+const char *loom_tokenizer_id_to_token(const struct loom_tokenizer *t, int32_t id); /* NULL if none */
+int32_t loom_tokenizer_token_to_id(const struct loom_tokenizer *t, const char *token); /* -1 if none */
+bool loom_tokenizer_is_special(const struct loom_tokenizer *t, int32_t id);
+/* From tokenizer_config.json (bos_token / eos_token), -1 if absent; and their strings (NULL if absent). */
+int32_t loom_tokenizer_bos_id(const struct loom_tokenizer *t);
+int32_t loom_tokenizer_eos_id(const struct loom_tokenizer *t);
+const char *loom_tokenizer_bos_token(const struct loom_tokenizer *t);
+const char *loom_tokenizer_eos_token(const struct loom_tokenizer *t);
+/* The raw tokenizer_config.json text, or NULL (the chat template module reads it). */
+const char *loom_tokenizer_config_json(const struct loom_tokenizer *t);
+
+/*
+ * Incremental detokenizer: feed generated ids one at a time; each push returns the text that is now
+ * final. Joined deltas equal loom_tokenizer_decode of all pushed ids (given the same prefix context),
+ * byte for byte. Prompt ids give the decoder its left context (e.g. SentencePiece's leading-space rule).
+ */
+struct loom_detok {
+    const struct loom_tokenizer *tok;
+    bool skip_special_tokens;
+    int32_t *ids; /* context + generated ids */
+    int n_ids, cap_ids;
+    int prefix_offset, read_offset; /* vLLM's scheme: text of ids[prefix..read) is already emitted */
+    char *pending;                  /* bytes held back (incomplete UTF-8) */
+    size_t pending_len;
+};
+void loom_detok_init(struct loom_detok *d, const struct loom_tokenizer *t, bool skip_special_tokens,
+                     const int32_t *prompt_ids, int n_prompt);
+/* Appends id; *delta (owned by d, valid until the next call) gets the new final text. */
+int loom_detok_push(struct loom_detok *d, int32_t id, const char **delta, size_t *delta_len);
+void loom_detok_free(struct loom_detok *d);
+
+#endif
