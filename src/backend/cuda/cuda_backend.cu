@@ -1,0 +1,161 @@
+/*
+ * cuda_backend.cu: the CUDA backend's life cycle and memory: device selection, the one stream, the
+ * cuBLAS/cuBLASLt handles and their workspace, allocation, uploads and downloads, and the ops table.
+ * The kernels live in cuda_kernels.cu, cuda_matmul.cu and cuda_attention.cu.
+ *
+ * Activation dtype: opts->act_dtype when it is F32, F16 or BF16, else BF16 (the default). With F32
+ * activations the matrix products run in true fp32 (CUBLAS_COMPUTE_32F, no TF32 math mode), so that
+ * --dtype float32 reproduces the reference to ~1e-5.
+ * This file does not pick a batch size or size the KV cache (the model and engine do, from memory_info).
+ */
+#include "backend/cuda/cuda_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" bool loom_backend_cuda_available(void)
+{
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return false;
+    }
+    return n > 0;
+}
+
+/* ---- memory ---- */
+
+static void *cuda_alloc(struct loom_backend *be, size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess)
+        LOOM_DIE("CUDA: out of device memory allocating %zu bytes: %s (lower --gpu-memory-utilization, "
+                 "--max-num-batched-tokens or --max-model-len)",
+                 bytes, cudaGetErrorString(err));
+    return p;
+}
+
+static void cuda_free(struct loom_backend *be, void *ptr)
+{
+    if (ptr) CUDA_CHECK(cudaFree(ptr));
+}
+
+static void *cuda_upload_weights(struct loom_backend *be, const void *src, size_t bytes)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    void *p = cuda_alloc(be, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(p, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return p;
+}
+
+static void cuda_upload(struct loom_backend *be, void *dst, const void *src, size_t bytes)
+{
+    /* From pageable memory this returns once src has been staged, so the caller may reuse src. */
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_ctx_of(be)->stream));
+}
+
+static void cuda_download(struct loom_backend *be, void *dst, const void *src, size_t bytes)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_synchronize(struct loom_backend *be)
+{
+    CUDA_CHECK(cudaStreamSynchronize(cuda_ctx_of(be)->stream));
+}
+
+static void cuda_memory_info(struct loom_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    size_t f = 0, t = 0;
+    CUDA_CHECK(cudaMemGetInfo(&f, &t));
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
+}
+
+static void cuda_destroy(struct loom_backend *be)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUBLAS_CHECK(cublasLtDestroy(c->cublaslt));
+    CUBLAS_CHECK(cublasDestroy(c->cublas));
+    CUDA_CHECK(cudaFree(c->cublas_ws));
+    CUDA_CHECK(cudaFree(c->attn_ws));
+    CUDA_CHECK(cudaStreamDestroy(c->stream));
+    free(c);
+    free(be);
+}
+
+static const struct loom_backend_ops cuda_ops = {
+    cuda_destroy,
+    cuda_alloc,
+    cuda_free,
+    cuda_upload_weights,
+    cuda_upload,
+    cuda_download,
+    cuda_synchronize,
+    cuda_memory_info,
+    cuda_embedding,
+    cuda_rmsnorm,
+    cuda_add_rmsnorm,
+    cuda_matmul,
+    cuda_rope,
+    cuda_kv_store,
+    cuda_attention,
+    cuda_silu_mul,
+    cuda_add,
+    cuda_gather_rows,
+    cuda_scatter_add_rows,
+    cuda_moe_route,
+    cuda_convert,
+};
+
+extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts, struct loom_backend **out)
+{
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return loom_fail(LOOM_EUNSUPPORTED, "--device cuda: no CUDA device found (%s); use --device cpu",
+                         err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    }
+    int dev = opts ? opts->device_index : 0;
+    if (dev < 0 || dev >= n)
+        return loom_fail(LOOM_EINVAL, "CUDA device index %d out of range (this machine has %d)", dev, n);
+
+    CUDA_CHECK(cudaSetDevice(dev));
+    struct cuda_ctx *c = (struct cuda_ctx *)loom_calloc(1, sizeof(*c));
+    c->device = dev;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    c->sm_count = prop.multiProcessorCount;
+    c->smem_optin = prop.sharedMemPerBlockOptin;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&c->cublas));
+    CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
+    CUDA_CHECK(cudaMalloc(&c->cublas_ws, LOOM_CUDA_CUBLAS_WS_BYTES));
+    CUBLAS_CHECK(cublasSetWorkspace(c->cublas, c->cublas_ws, LOOM_CUDA_CUBLAS_WS_BYTES));
+    CUBLAS_CHECK(cublasLtCreate(&c->cublaslt));
+    CUDA_CHECK(cudaMalloc((void **)&c->attn_ws, LOOM_CUDA_ATTN_WS_BYTES));
+
+    enum loom_dtype act = opts ? opts->act_dtype : LOOM_DTYPE_BF16;
+    if (act != LOOM_DTYPE_F32 && act != LOOM_DTYPE_F16 && act != LOOM_DTYPE_BF16) act = LOOM_DTYPE_BF16;
+    c->f32_exact = true;
+    /* Default math: no TF32 for fp32 products; bf16/fp16 products accumulate in fp32 (CUBLAS_COMPUTE_32F). */
+    CUBLAS_CHECK(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
+    cuda_attention_init(c);
+
+    struct loom_backend *be = (struct loom_backend *)loom_calloc(1, sizeof(*be));
+    be->ops = &cuda_ops;
+    be->name = "cuda";
+    be->act_dtype = act;
+    be->threads = 1;
+    be->ctx = c;
+    *out = be;
+    return 0;
+}

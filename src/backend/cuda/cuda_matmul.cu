@@ -1,0 +1,119 @@
+/*
+ * cuda_matmul.cu: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]).
+ *
+ * x and w of one dtype (BF16, F16 or F32) go to cuBLAS with fp32 accumulation (CUBLAS_COMPUTE_32F; F32
+ * without TF32); out may be F32 or that dtype. Any other mix of dtypes (e.g. BF16 activations with F16
+ * weights) takes a plain tiled kernel that converts on load: correct, not fast. The bias is added by a
+ * second small kernel.
+ *
+ * Row-major to cuBLAS's column-major: out^T (m x n, ld out.stride) = op_T(w as k x m, ld w.stride)
+ * * op_N(x as k x n, ld x.stride).
+ */
+#include "backend/cuda/cuda_common.h"
+
+static cudaDataType_t cuda_dt(enum loom_dtype t)
+{
+    switch (t) {
+    case LOOM_DTYPE_F32: return CUDA_R_32F;
+    case LOOM_DTYPE_F16: return CUDA_R_16F;
+    case LOOM_DTYPE_BF16: return CUDA_R_16BF;
+    default: LOOM_DIE("CUDA matmul: unsupported dtype %s", loom_dtype_name(t));
+    }
+}
+
+/* ---- fallback: 64 x 64 output tiles, 16-deep k slices, 256 threads with 4 x 4 outputs each ---- */
+#define MM_BM 64
+#define MM_BN 64
+#define MM_BK 16
+
+__global__ void matmul_generic_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt, int64_t xstride,
+                                      const void *w, int wdt, int64_t wstride, int n, int m, int k)
+{
+    __shared__ float xs[MM_BK][MM_BM + 1]; /* xs[kk][row] */
+    __shared__ float ws[MM_BK][MM_BN + 1]; /* ws[kk][col] */
+    int r0 = blockIdx.y * MM_BM, c0 = blockIdx.x * MM_BN;
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < k; k0 += MM_BK) {
+        for (int i = threadIdx.x; i < MM_BM * MM_BK; i += blockDim.x) {
+            int rr = i / MM_BK, kk = i % MM_BK;
+            int r = r0 + rr, kc = k0 + kk;
+            xs[kk][rr] = (r < n && kc < k) ? ld_f(x, xdt, (int64_t)r * xstride + kc) : 0.f;
+            int c = c0 + rr;
+            ws[kk][rr] = (c < m && kc < k) ? ld_f(w, wdt, (int64_t)c * wstride + kc) : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MM_BK; kk++) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[i] = xs[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; j++) b[j] = ws[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int r = r0 + ty + 16 * i;
+        if (r >= n) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int c = c0 + tx + 16 * j;
+            if (c < m) st_f(out, odt, (int64_t)r * ostride + c, acc[i][j]);
+        }
+    }
+}
+
+__global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void *bias, int bdt, int n, int m)
+{
+    int64_t total = (int64_t)n * m;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / m, c = i % m;
+        int64_t o = r * ostride + c;
+        st_f(out, odt, o, ld_f(out, odt, o) + ld_f(bias, bdt, c));
+    }
+}
+
+static int grid_for(int64_t total, int threads)
+{
+    int64_t b = (total + threads - 1) / threads;
+    if (b > 65535 * 4) b = 65535 * 4;
+    if (b < 1) b = 1;
+    return (int)b;
+}
+
+void cuda_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                 const struct loom_tensor *bias)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    int n = (int)x.rows, k = (int)x.cols, m = (int)w.rows;
+    LOOM_ASSERT(w.cols == k && out.rows == n && out.cols == m);
+    LOOM_ASSERT(cuda_is_float_dtype(x.dtype) && cuda_is_float_dtype(w.dtype) && cuda_is_float_dtype(out.dtype));
+    if (n == 0 || m == 0) return;
+
+    bool blas = x.dtype == w.dtype && (out.dtype == LOOM_DTYPE_F32 || out.dtype == x.dtype);
+    if (blas) {
+        float alpha = 1.f, beta = 0.f;
+        /* Default math mode (set at create): CUBLAS_COMPUTE_32F never uses TF32 for F32 operands. */
+        cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
+        CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, cuda_dt(w.dtype),
+                                  (int)w.stride, x.data, cuda_dt(x.dtype), (int)x.stride, &beta, out.data,
+                                  cuda_dt(out.dtype), (int)out.stride, ct, CUBLAS_GEMM_DEFAULT));
+    } else {
+        dim3 grid((m + MM_BN - 1) / MM_BN, (n + MM_BM - 1) / MM_BM);
+        matmul_generic_kernel<<<grid, 256, 0, c->stream>>>(out.data, out.dtype, out.stride, x.data, x.dtype, x.stride,
+                                                           w.data, w.dtype, w.stride, n, m, k);
+        CUDA_LAUNCH_CHECK();
+    }
+    if (bias) {
+        LOOM_ASSERT(bias->rows * bias->cols == m && cuda_is_float_dtype(bias->dtype));
+        add_bias_kernel<<<grid_for((int64_t)n * m, 256), 256, 0, c->stream>>>(out.data, out.dtype, out.stride,
+                                                                           bias->data, bias->dtype, n, m);
+        CUDA_LAUNCH_CHECK();
+    }
+}

@@ -1,0 +1,660 @@
+/*
+ * test_cuda_ops.c: the CUDA backend against a reference, op by op, on fresh random inputs.
+ *
+ * Each op runs on the GPU with F32 and with BF16 activations, at several shapes (odd sizes, strided
+ * rows), into outputs poisoned with NaN first, so an unwritten element fails. The reference is plain
+ * double-precision C in this file, fed the same dtype-rounded inputs; the error is ||gpu - ref|| / ||ref||
+ * with a tolerance per dtype (F32: 1e-5, TF32 is off; BF16/F16: 1e-2). Attention runs several sequences
+ * at once (prefill chunks and decodes), with shuffled, non-contiguous block tables, GQA, MQA and a
+ * sliding window, and decodes long enough to take the split (flash-decoding) path.
+ * Exits 77 where no CUDA device is present (loom_backend_cuda_available() is false).
+ */
+#include "backend/backend.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "test.h"
+
+#include <stdint.h>
+
+static struct loom_backend *be; /* the backend under test; its act_dtype changes per pass */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rng_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float rng_f(void) /* uniform in [-1, 1) */
+{
+    return (float)((rng_u32() & 0xffffff) / 8388608.0 - 1.0);
+}
+static int rng_int(int n)
+{
+    return (int)(rng_u32() % (uint32_t)n);
+}
+
+static double tol_for(enum loom_dtype t)
+{
+    return t == LOOM_DTYPE_F32 ? 1e-5 : 1e-2;
+}
+
+/* A device tensor and the host copy of its values (as floats, already rounded to its dtype). */
+struct dten {
+    struct loom_tensor t;
+    float *h; /* [rows * stride] */
+};
+
+static struct dten dten_make(enum loom_dtype dt, int64_t rows, int64_t cols, int64_t stride, float scale)
+{
+    struct dten d;
+    size_t n = (size_t)(rows * stride), es = loom_dtype_size(dt);
+    d.h = loom_malloc(n * sizeof(float) + 4);
+    for (size_t i = 0; i < n; i++) d.h[i] = rng_f() * scale;
+    void *raw = loom_malloc(n * es + 4);
+    loom_convert_from_f32(raw, dt, d.h, n);
+    loom_convert_to_f32(d.h, raw, dt, n); /* the reference sees exactly the rounded values */
+    void *dev = be->ops->alloc(be, n * es + 4);
+    be->ops->upload(be, dev, raw, n * es);
+    free(raw);
+    d.t = loom_tensor_2d(dev, dt, rows, cols);
+    d.t.stride = stride;
+    return d;
+}
+
+/* Overwrites the device data with NaN (all ones bytes is NaN in F32, F16 and BF16). */
+static void dten_poison(struct dten *d)
+{
+    size_t bytes = (size_t)(d->t.rows * d->t.stride) * loom_dtype_size(d->t.dtype);
+    unsigned char *p = loom_malloc(bytes + 1);
+    memset(p, 0xff, bytes);
+    be->ops->upload(be, d->t.data, p, bytes);
+    free(p);
+}
+
+static struct dten dten_out(enum loom_dtype dt, int64_t rows, int64_t cols, int64_t stride)
+{
+    struct dten d = dten_make(dt, rows, cols, stride, 1.f);
+    dten_poison(&d);
+    return d;
+}
+
+/* Downloads rows x cols (dropping the stride padding) as floats. */
+static float *dten_get(const struct dten *d)
+{
+    size_t n = (size_t)(d->t.rows * d->t.stride), es = loom_dtype_size(d->t.dtype);
+    void *raw = loom_malloc(n * es + 4);
+    be->ops->download(be, raw, d->t.data, n * es);
+    float *all = loom_malloc(n * sizeof(float) + 4);
+    loom_convert_to_f32(all, raw, d->t.dtype, n);
+    float *out = loom_malloc((size_t)(d->t.rows * d->t.cols) * sizeof(float) + 4);
+    for (int64_t r = 0; r < d->t.rows; r++)
+        memcpy(out + r * d->t.cols, all + r * d->t.stride, (size_t)d->t.cols * sizeof(float));
+    free(raw);
+    free(all);
+    return out;
+}
+
+static void dten_free(struct dten *d)
+{
+    be->ops->free(be, d->t.data);
+    free(d->h);
+}
+
+static int32_t *dev_i32(const int32_t *h, size_t n)
+{
+    void *p = be->ops->alloc(be, n * 4 + 4);
+    be->ops->upload(be, p, h, n * 4);
+    return p;
+}
+static float *dev_f32(const float *h, size_t n)
+{
+    void *p = be->ops->alloc(be, n * 4 + 4);
+    be->ops->upload(be, p, h, n * 4);
+    return p;
+}
+
+static double worst_err;
+
+/* ||got - ref|| / ||ref||; NaN anywhere fails. */
+static void compare(const char *what, const float *got, const double *ref, size_t n, double tol)
+{
+    double num = 0, den = 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isinf(got[i])) nan++;
+        double d = got[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    double err = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (nan) err = INFINITY;
+    if (err > worst_err) worst_err = err;
+    CHECK_MSG(err <= tol, "%s: rel err %.3g > tol %.1g (%d non-finite of %zu)", what, err, tol, nan, n);
+    printf("  %-52s %-5s err %.2e\n", what, loom_dtype_name(be->act_dtype), err);
+}
+
+static double *dalloc(size_t n)
+{
+    return loom_calloc(n + 1, sizeof(double));
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+
+static void test_matmul(int n, int k, int m, enum loom_dtype wdt, enum loom_dtype odt, bool bias, int xpad)
+{
+    enum loom_dtype act = be->act_dtype;
+    struct dten x = dten_make(act, n, k, k + xpad, 1.f);
+    struct dten w = dten_make(wdt, m, k, k, 0.5f);
+    struct dten b = dten_make(wdt, 1, m, m, 1.f);
+    struct dten o = dten_out(odt, n, m, m + (xpad ? 3 : 0));
+    be->ops->matmul(be, o.t, x.t, w.t, bias ? &b.t : NULL);
+    float *got = dten_get(&o);
+    double *ref = dalloc((size_t)n * m);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < m; j++) {
+            double s = bias ? b.h[j] : 0;
+            for (int kk = 0; kk < k; kk++) s += (double)x.h[(size_t)i * x.t.stride + kk] * w.h[(size_t)j * k + kk];
+            ref[(size_t)i * m + j] = s;
+        }
+    char what[128];
+    snprintf(what, sizeof what, "matmul %dx%dx%d w=%s out=%s%s%s", n, k, m, loom_dtype_name(wdt),
+             loom_dtype_name(odt), bias ? " bias" : "", xpad ? " strided" : "");
+    /* F32 output of BF16 inputs is still only as exact as the fp32 accumulation: use the act tolerance */
+    double tol = (act == LOOM_DTYPE_F32 && wdt == LOOM_DTYPE_F32 && odt == LOOM_DTYPE_F32) ? 1e-5 : 1e-2;
+    compare(what, got, ref, (size_t)n * m, tol);
+    free(got);
+    free(ref);
+    dten_free(&x);
+    dten_free(&w);
+    dten_free(&b);
+    dten_free(&o);
+}
+
+static void test_rmsnorm(int rows, int cols, enum loom_dtype wdt, bool alias, bool fused)
+{
+    enum loom_dtype act = be->act_dtype;
+    float eps = 1e-6f;
+    struct dten x = dten_make(act, rows, cols, cols + 5, 2.f);
+    struct dten res = dten_make(act, rows, cols, cols, 2.f);
+    struct dten w = dten_make(wdt, 1, cols, cols, 1.f);
+    struct dten o = alias ? x : dten_out(act, rows, cols, cols + 1);
+    double *ref = dalloc((size_t)rows * cols), *rref = dalloc((size_t)rows * cols);
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int c = 0; c < cols; c++) {
+            double v = x.h[(size_t)r * x.t.stride + c];
+            if (fused) {
+                v += res.h[(size_t)r * cols + c];
+                rref[(size_t)r * cols + c] = v;
+            }
+            ss += v * v;
+        }
+        double inv = 1.0 / sqrt(ss / cols + eps);
+        for (int c = 0; c < cols; c++) {
+            double v = fused ? rref[(size_t)r * cols + c] : x.h[(size_t)r * x.t.stride + c];
+            ref[(size_t)r * cols + c] = v * inv * w.h[c];
+        }
+    }
+    if (fused)
+        be->ops->add_rmsnorm(be, res.t, x.t, o.t, w.t, eps);
+    else
+        be->ops->rmsnorm(be, o.t, x.t, w.t, eps);
+    float *got = dten_get(&o);
+    char what[128];
+    snprintf(what, sizeof what, "%s %dx%d w=%s%s", fused ? "add_rmsnorm" : "rmsnorm", rows, cols,
+             loom_dtype_name(wdt), alias ? " in-place" : "");
+    compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    if (fused) {
+        float *gr = dten_get(&res);
+        snprintf(what, sizeof what, "add_rmsnorm residual %dx%d", rows, cols);
+        compare(what, gr, rref, (size_t)rows * cols, tol_for(act) * 0.5);
+        free(gr);
+    }
+    free(got);
+    free(ref);
+    free(rref);
+    dten_free(&x);
+    dten_free(&res);
+    dten_free(&w);
+    if (!alias) dten_free(&o);
+}
+
+static void test_rope(int n, int n_heads, int head_dim, int pad)
+{
+    enum loom_dtype act = be->act_dtype;
+    int cols = n_heads * head_dim;
+    struct dten x = dten_make(act, n, cols, cols + pad, 1.f);
+    float *inv = loom_malloc((size_t)head_dim / 2 * sizeof(float));
+    for (int i = 0; i < head_dim / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / head_dim);
+    int32_t *pos = loom_malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) pos[i] = rng_int(8000);
+    struct loom_tensor tinv = loom_tensor_2d(dev_f32(inv, head_dim / 2), LOOM_DTYPE_F32, 1, head_dim / 2);
+    int32_t *dpos = dev_i32(pos, n);
+    double *ref = dalloc((size_t)n * cols);
+    int half = head_dim / 2;
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < n_heads; h++)
+            for (int j = 0; j < half; j++) {
+                double f = (double)(float)((float)pos[r] * inv[j]); /* the angle is fp32, as in transformers */
+                double a = x.h[(size_t)r * x.t.stride + h * head_dim + j];
+                double b = x.h[(size_t)r * x.t.stride + h * head_dim + j + half];
+                ref[(size_t)r * cols + h * head_dim + j] = a * cos(f) - b * sin(f);
+                ref[(size_t)r * cols + h * head_dim + j + half] = b * cos(f) + a * sin(f);
+            }
+    be->ops->rope(be, x.t, dpos, n_heads, head_dim, tinv);
+    float *got = dten_get(&x);
+    char what[128];
+    snprintf(what, sizeof what, "rope n=%d heads=%d hd=%d%s", n, n_heads, head_dim, pad ? " strided" : "");
+    compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    free(got);
+    free(ref);
+    free(inv);
+    free(pos);
+    be->ops->free(be, tinv.data);
+    be->ops->free(be, dpos);
+    dten_free(&x);
+}
+
+static void test_elementwise(int rows, int cols)
+{
+    enum loom_dtype act = be->act_dtype;
+    char what[128];
+    /* silu_mul */
+    struct dten g = dten_make(act, rows, cols, cols + 2, 4.f), u = dten_make(act, rows, cols, cols, 2.f);
+    struct dten o = dten_out(act, rows, cols, cols);
+    double *ref = dalloc((size_t)rows * cols);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            double a = g.h[(size_t)r * g.t.stride + c];
+            ref[(size_t)r * cols + c] = a / (1 + exp(-a)) * u.h[(size_t)r * cols + c];
+        }
+    be->ops->silu_mul(be, o.t, g.t, u.t);
+    float *got = dten_get(&o);
+    snprintf(what, sizeof what, "silu_mul %dx%d", rows, cols);
+    compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    free(got);
+    /* add: x += y */
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            ref[(size_t)r * cols + c] = (double)g.h[(size_t)r * g.t.stride + c] + u.h[(size_t)r * cols + c];
+    be->ops->add(be, g.t, u.t);
+    got = dten_get(&g);
+    snprintf(what, sizeof what, "add %dx%d", rows, cols);
+    compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    free(got);
+    /* convert act -> F32 and F32 -> act, F16 */
+    enum loom_dtype targets[3] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16, LOOM_DTYPE_F16};
+    for (int i = 0; i < 3; i++) {
+        struct dten d = dten_out(targets[i], rows, cols, cols + 1);
+        for (size_t j = 0; j < (size_t)rows * cols; j++) ref[j] = u.h[j];
+        be->ops->convert(be, d.t, u.t);
+        got = dten_get(&d);
+        snprintf(what, sizeof what, "convert %dx%d -> %s", rows, cols, loom_dtype_name(targets[i]));
+        compare(what, got, ref, (size_t)rows * cols, targets[i] == LOOM_DTYPE_F32 ? 1e-7 : 1e-2);
+        free(got);
+        dten_free(&d);
+    }
+    free(ref);
+    dten_free(&g);
+    dten_free(&u);
+    dten_free(&o);
+}
+
+static void test_gather_scatter(int n_src, int n, int cols, enum loom_dtype tdt)
+{
+    enum loom_dtype act = be->act_dtype;
+    char what[128];
+    struct dten table = dten_make(tdt, n_src, cols, cols + 3, 1.f);
+    int32_t *idx = loom_malloc((size_t)n * 4);
+    /* distinct indices (scatter requires them): a shuffled prefix of 0..n_src-1 */
+    int32_t *perm = loom_malloc((size_t)n_src * 4);
+    for (int i = 0; i < n_src; i++) perm[i] = i;
+    for (int i = n_src - 1; i > 0; i--) {
+        int j = rng_int(i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < n; i++) idx[i] = perm[i];
+    int32_t *didx = dev_i32(idx, n);
+    struct dten o = dten_out(act, n, cols, cols);
+    double *ref = dalloc((size_t)n_src * cols);
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < cols; c++) ref[(size_t)i * cols + c] = table.h[(size_t)idx[i] * table.t.stride + c];
+    be->ops->embedding(be, o.t, table.t, didx);
+    float *got = dten_get(&o);
+    snprintf(what, sizeof what, "embedding %d of %dx%d table=%s", n, n_src, cols, loom_dtype_name(tdt));
+    compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    free(got);
+    dten_poison(&o);
+    be->ops->gather_rows(be, o.t, table.t, didx);
+    got = dten_get(&o);
+    snprintf(what, sizeof what, "gather_rows %d of %dx%d", n, n_src, cols);
+    compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    free(got);
+    /* scatter_add_rows: acc[idx[i]] += wt[i] * x[i] */
+    struct dten acc = dten_make(act, n_src, cols, cols, 1.f);
+    struct dten x = dten_make(act, n, cols, cols + 1, 1.f);
+    float *wt = loom_malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) wt[i] = rng_f();
+    float *dwt = dev_f32(wt, n);
+    for (int r = 0; r < n_src; r++)
+        for (int c = 0; c < cols; c++) ref[(size_t)r * cols + c] = acc.h[(size_t)r * cols + c];
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < cols; c++)
+            ref[(size_t)idx[i] * cols + c] += (double)wt[i] * x.h[(size_t)i * x.t.stride + c];
+    be->ops->scatter_add_rows(be, acc.t, x.t, didx, dwt);
+    got = dten_get(&acc);
+    snprintf(what, sizeof what, "scatter_add_rows %d into %dx%d", n, n_src, cols);
+    compare(what, got, ref, (size_t)n_src * cols, tol_for(act));
+    free(got);
+    free(ref);
+    free(idx);
+    free(perm);
+    free(wt);
+    be->ops->free(be, didx);
+    be->ops->free(be, dwt);
+    dten_free(&table);
+    dten_free(&o);
+    dten_free(&acc);
+    dten_free(&x);
+}
+
+static void test_kv_store(int n_slots, int n, int cols)
+{
+    enum loom_dtype act = be->act_dtype;
+    struct dten kc = dten_make(act, n_slots, cols, cols, 1.f), vc = dten_make(act, n_slots, cols, cols, 1.f);
+    struct dten k = dten_make(act, n, cols, cols + 7, 1.f), v = dten_make(act, n, cols, cols + 3, 1.f);
+    int32_t *slots = loom_malloc((size_t)n * 4);
+    int32_t *perm = loom_malloc((size_t)n_slots * 4);
+    for (int i = 0; i < n_slots; i++) perm[i] = i;
+    for (int i = n_slots - 1; i > 0; i--) {
+        int j = rng_int(i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < n; i++) slots[i] = perm[i];
+    int32_t *dslots = dev_i32(slots, n);
+    double *rk = dalloc((size_t)n_slots * cols), *rv = dalloc((size_t)n_slots * cols);
+    for (size_t i = 0; i < (size_t)n_slots * cols; i++) {
+        rk[i] = kc.h[i];
+        rv[i] = vc.h[i];
+    }
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < cols; c++) {
+            rk[(size_t)slots[i] * cols + c] = k.h[(size_t)i * k.t.stride + c];
+            rv[(size_t)slots[i] * cols + c] = v.h[(size_t)i * v.t.stride + c];
+        }
+    be->ops->kv_store(be, kc.t, vc.t, k.t, v.t, dslots);
+    float *gk = dten_get(&kc), *gv = dten_get(&vc);
+    char what[128];
+    snprintf(what, sizeof what, "kv_store %d into %d slots x %d (K)", n, n_slots, cols);
+    compare(what, gk, rk, (size_t)n_slots * cols, 1e-7);
+    snprintf(what, sizeof what, "kv_store %d into %d slots x %d (V)", n, n_slots, cols);
+    compare(what, gv, rv, (size_t)n_slots * cols, 1e-7);
+    free(gk);
+    free(gv);
+    free(rk);
+    free(rv);
+    free(slots);
+    free(perm);
+    be->ops->free(be, dslots);
+    dten_free(&kc);
+    dten_free(&vc);
+    dten_free(&k);
+    dten_free(&v);
+}
+
+static void test_moe_route(int n, int n_exp, int k, bool renorm)
+{
+    enum loom_dtype act = be->act_dtype;
+    struct dten lg = dten_make(act, n, n_exp, n_exp + 1, 3.f);
+    int32_t *dids = be->ops->alloc(be, (size_t)n * k * 4);
+    float *dw = be->ops->alloc(be, (size_t)n * k * 4);
+    be->ops->moe_route(be, lg.t, k, renorm, dids, dw);
+    int32_t *ids = loom_malloc((size_t)n * k * 4);
+    float *w = loom_malloc((size_t)n * k * 4);
+    be->ops->download(be, ids, dids, (size_t)n * k * 4);
+    be->ops->download(be, w, dw, (size_t)n * k * 4);
+    /* reference: softmax, then the k largest (as a set: compare the weight each expert gets) */
+    double *ref = dalloc((size_t)n * n_exp);
+    float *got = loom_calloc((size_t)n * n_exp + 1, sizeof(float));
+    int bad_ids = 0;
+    for (int r = 0; r < n; r++) {
+        const float *l = lg.h + (size_t)r * lg.t.stride;
+        double mx = -1e300, sum = 0;
+        for (int e = 0; e < n_exp; e++) mx = fmax(mx, l[e]);
+        double *p = dalloc(n_exp);
+        for (int e = 0; e < n_exp; e++) sum += (p[e] = exp(l[e] - mx));
+        for (int e = 0; e < n_exp; e++) p[e] /= sum;
+        double picked = 0;
+        char *taken = loom_calloc(n_exp, 1);
+        for (int j = 0; j < k; j++) {
+            int bi = -1;
+            for (int e = 0; e < n_exp; e++)
+                if (!taken[e] && (bi < 0 || p[e] > p[bi])) bi = e;
+            taken[bi] = 1;
+            picked += p[bi];
+        }
+        for (int e = 0; e < n_exp; e++)
+            if (taken[e]) ref[(size_t)r * n_exp + e] = renorm ? p[e] / picked : p[e];
+        for (int j = 0; j < k; j++) {
+            int e = ids[(size_t)r * k + j];
+            if (e < 0 || e >= n_exp || !taken[e]) {
+                bad_ids++;
+                continue;
+            }
+            got[(size_t)r * n_exp + e] = w[(size_t)r * k + j];
+        }
+        free(p);
+        free(taken);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "moe_route n=%d experts=%d k=%d%s", n, n_exp, k, renorm ? " renorm" : "");
+    CHECK_MSG(bad_ids == 0, "%s: %d ids not in the reference top-k", what, bad_ids);
+    compare(what, got, ref, (size_t)n * n_exp, 1e-5);
+    free(ids);
+    free(w);
+    free(ref);
+    free(got);
+    be->ops->free(be, dids);
+    be->ops->free(be, dw);
+    dten_free(&lg);
+}
+
+/* ---- attention ---- */
+
+struct attn_case {
+    const char *name;
+    int n_heads, n_kv_heads, head_dim, window, block_size;
+    int n_seqs;
+    int q_len[8], ctx[8];
+};
+
+static void test_attention(const struct attn_case *tc)
+{
+    enum loom_dtype act = be->act_dtype;
+    int bs = tc->block_size, H = tc->n_heads, KV = tc->n_kv_heads, D = tc->head_dim;
+    int n_tokens = 0, max_blocks = 0, total_blocks = 0, max_q = 0, max_ctx = 0;
+    for (int s = 0; s < tc->n_seqs; s++) {
+        n_tokens += tc->q_len[s];
+        int nb = (tc->ctx[s] + bs - 1) / bs;
+        total_blocks += nb;
+        if (nb > max_blocks) max_blocks = nb;
+        if (tc->q_len[s] > max_q) max_q = tc->q_len[s];
+        if (tc->ctx[s] > max_ctx) max_ctx = tc->ctx[s];
+    }
+    max_blocks += 1; /* a padded table: the tail entries are never read */
+    int n_pool = total_blocks + 5;
+    /* shuffled pool: each sequence's blocks are scattered */
+    int32_t *perm = loom_malloc((size_t)n_pool * 4);
+    for (int i = 0; i < n_pool; i++) perm[i] = i;
+    for (int i = n_pool - 1; i > 0; i--) {
+        int j = rng_int(i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *bt = loom_malloc((size_t)tc->n_seqs * max_blocks * 4);
+    int32_t *qs = loom_malloc((size_t)(tc->n_seqs + 1) * 4), *sl = loom_malloc((size_t)tc->n_seqs * 4);
+    int32_t *positions = loom_malloc((size_t)n_tokens * 4), *slots = loom_malloc((size_t)n_tokens * 4);
+    int used = 0;
+    qs[0] = 0;
+    for (int s = 0; s < tc->n_seqs; s++) {
+        int nb = (tc->ctx[s] + bs - 1) / bs;
+        for (int b = 0; b < max_blocks; b++) bt[s * max_blocks + b] = b < nb ? perm[used++] : -1;
+        qs[s + 1] = qs[s] + tc->q_len[s];
+        sl[s] = tc->ctx[s];
+        for (int j = 0; j < tc->q_len[s]; j++) {
+            int p = tc->ctx[s] - tc->q_len[s] + j;
+            positions[qs[s] + j] = p;
+            slots[qs[s] + j] = bt[s * max_blocks + p / bs] * bs + p % bs;
+        }
+    }
+    int n_slots = n_pool * bs;
+    struct dten kc = dten_make(act, n_slots, KV * D, KV * D, 1.f), vc = dten_make(act, n_slots, KV * D, KV * D, 1.f);
+    struct dten q = dten_make(act, n_tokens, H * D, H * D + 2 * KV * D, 1.f); /* q inside a qkv row */
+    struct dten o = dten_out(act, n_tokens, H * D, H * D);
+    struct loom_attn_meta meta = {0};
+    meta.n_tokens = n_tokens;
+    meta.n_seqs = tc->n_seqs;
+    meta.block_size = bs;
+    meta.max_blocks_per_seq = max_blocks;
+    meta.max_query_len = max_q;
+    meta.max_seq_len = max_ctx;
+    meta.positions = dev_i32(positions, n_tokens);
+    meta.slot_mapping = dev_i32(slots, n_tokens);
+    meta.query_start = dev_i32(qs, tc->n_seqs + 1);
+    meta.seq_lens = dev_i32(sl, tc->n_seqs);
+    meta.block_tables = dev_i32(bt, (size_t)tc->n_seqs * max_blocks);
+    meta.h_query_start = qs;
+    meta.h_seq_lens = sl;
+    float scale = 1.f / sqrtf((float)D);
+    be->ops->attention(be, o.t, q.t, kc.t, vc.t, &meta, H, KV, D, scale, tc->window);
+    float *got = dten_get(&o);
+
+    double *ref = dalloc((size_t)n_tokens * H * D);
+    double *sc = dalloc((size_t)max_ctx);
+    for (int s = 0; s < tc->n_seqs; s++)
+        for (int j = 0; j < tc->q_len[s]; j++) {
+            int tok = qs[s] + j, pos = positions[tok];
+            int first = tc->window > 0 ? (pos - tc->window + 1 > 0 ? pos - tc->window + 1 : 0) : 0;
+            for (int h = 0; h < H; h++) {
+                int kvh = h / (H / KV);
+                const float *qq = q.h + (size_t)tok * q.t.stride + h * D;
+                double mx = -1e300, sum = 0;
+                for (int p = first; p <= pos; p++) {
+                    int slot = bt[s * max_blocks + p / bs] * bs + p % bs;
+                    const float *kk = kc.h + (size_t)slot * KV * D + kvh * D;
+                    double d = 0;
+                    for (int e = 0; e < D; e++) d += (double)qq[e] * kk[e];
+                    sc[p] = d * scale;
+                    if (sc[p] > mx) mx = sc[p];
+                }
+                for (int p = first; p <= pos; p++) sum += (sc[p] = exp(sc[p] - mx));
+                double *rr = ref + (size_t)tok * H * D + h * D;
+                for (int p = first; p <= pos; p++) {
+                    int slot = bt[s * max_blocks + p / bs] * bs + p % bs;
+                    const float *vv = vc.h + (size_t)slot * KV * D + kvh * D;
+                    for (int e = 0; e < D; e++) rr[e] += sc[p] / sum * vv[e];
+                }
+            }
+        }
+    char what[160];
+    snprintf(what, sizeof what, "attention %s (%d tok, %d seqs, %d:%d hd %d%s)", tc->name, n_tokens, tc->n_seqs, H,
+             KV, D, tc->window ? ", window" : "");
+    compare(what, got, ref, (size_t)n_tokens * H * D, tol_for(act));
+
+    free(got);
+    free(ref);
+    free(sc);
+    free(perm);
+    free(bt);
+    free(qs);
+    free(sl);
+    free(positions);
+    free(slots);
+    be->ops->free(be, (void *)meta.positions);
+    be->ops->free(be, (void *)meta.slot_mapping);
+    be->ops->free(be, (void *)meta.query_start);
+    be->ops->free(be, (void *)meta.seq_lens);
+    be->ops->free(be, (void *)meta.block_tables);
+    dten_free(&kc);
+    dten_free(&vc);
+    dten_free(&q);
+    dten_free(&o);
+}
+
+static const struct attn_case attn_cases[] = {
+    {"mixed", 8, 2, 64, 0, 16, 5, {1, 7, 5, 1, 16}, {1, 7, 40, 300, 16}},
+    {"mixed-window", 8, 2, 64, 24, 16, 5, {1, 7, 5, 1, 16}, {1, 7, 40, 300, 50}},
+    {"decode-long", 14, 2, 64, 0, 16, 3, {1, 1, 1}, {2000, 37, 1500}},
+    {"decode-1seq", 14, 2, 64, 0, 16, 1, {1}, {3001}},
+    {"mha-128", 4, 4, 128, 0, 8, 3, {3, 1, 33}, {3, 77, 70}},
+    {"mqa-256", 4, 1, 256, 0, 16, 2, {2, 1}, {19, 900}},
+    {"prefill-chunk", 16, 8, 128, 0, 16, 2, {100, 37}, {250, 37}},
+    {"window-decode", 8, 4, 64, 64, 32, 4, {1, 1, 2, 1}, {1000, 63, 65, 64}},
+};
+
+static void run_all(void)
+{
+    enum loom_dtype act = be->act_dtype;
+    printf("== activations %s\n", loom_dtype_name(act));
+    const int mm[][3] = {{1, 64, 96}, {7, 130, 33}, {33, 257, 129}, {128, 512, 300}, {1, 896, 4864}};
+    for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
+        test_matmul(mm[i][0], mm[i][1], mm[i][2], act, act, false, 0);
+        test_matmul(mm[i][0], mm[i][1], mm[i][2], act, LOOM_DTYPE_F32, true, 0);
+    }
+    test_matmul(9, 100, 70, act, act, true, 4);
+    test_matmul(5, 64, 48, act == LOOM_DTYPE_F32 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, act, true, 2); /* mixed */
+    test_matmul(17, 33, 65, LOOM_DTYPE_F16, LOOM_DTYPE_F32, false, 0);
+    const int rn[][2] = {{1, 64}, {5, 897}, {17, 4096}};
+    for (int i = 0; i < 3; i++) {
+        test_rmsnorm(rn[i][0], rn[i][1], act, false, false);
+        test_rmsnorm(rn[i][0], rn[i][1], LOOM_DTYPE_F32, true, false);
+        test_rmsnorm(rn[i][0], rn[i][1], LOOM_DTYPE_BF16, false, true);
+    }
+    test_rope(5, 3, 64, 0);
+    test_rope(13, 7, 128, 64);
+    test_rope(1, 2, 32, 0);
+    test_elementwise(1, 4864);
+    test_elementwise(7, 131);
+    test_gather_scatter(50, 9, 96, act);
+    test_gather_scatter(1000, 37, 257, LOOM_DTYPE_BF16);
+    test_gather_scatter(64, 64, 33, LOOM_DTYPE_F16);
+    test_kv_store(64, 10, 128);
+    test_kv_store(1000, 77, 72);
+    test_moe_route(33, 8, 2, true);
+    test_moe_route(5, 128, 8, false);
+    test_moe_route(64, 60, 4, true);
+    for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) test_attention(&attn_cases[i]);
+}
+
+int main(void)
+{
+#ifndef LOOM_HAVE_CUDA
+    test_skip("built without CUDA");
+#endif
+    if (!loom_backend_cuda_available()) test_skip("no CUDA device");
+    enum loom_dtype acts[2] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16};
+    for (int i = 0; i < 2; i++) {
+        struct loom_backend_options opts = {.device = "cuda", .act_dtype = acts[i], .device_index = 0};
+#ifdef LOOM_HAVE_CUDA
+        int rc = loom_backend_cuda_create(&opts, &be);
+#else
+        int rc = LOOM_EUNSUPPORTED; /* not reached: skipped above */
+#endif
+        CHECK_MSG(rc == 0, "loom_backend_cuda_create: %s", loom_last_error());
+        if (rc) break;
+        CHECK(be->act_dtype == acts[i]);
+        worst_err = 0;
+        run_all();
+        be->ops->synchronize(be);
+        printf("   worst relative error with %s activations: %.2e\n", loom_dtype_name(acts[i]), worst_err);
+        be->ops->destroy(be);
+    }
+    return test_report();
+}
