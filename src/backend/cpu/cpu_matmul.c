@@ -1,0 +1,569 @@
+/*
+ * cpu_matmul.c: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]), x and out F32, w F32/F16/BF16 at any
+ * alignment (the mmapped file). Where the time of a forward pass goes, so three shapes of kernel:
+ *
+ *  - GEMV (n <= 4, decode): bound by reading w once. Each thread streams a range of w rows, four
+ *    at a time, against every token: for bf16 one 64-byte load gives 32 weights, split into the
+ *    even and odd halves by a shift and a mask (exact), and x is permuted to match.
+ *  - GEMM (prefill, fp32-exact): work items are (a chunk of w rows) x (a block of tokens). A tile of
+ *    4 w rows x KC columns is converted to f32 in an L1-resident buffer, then every token of the
+ *    block is dotted against it, 4 rows x up to 6 tokens per kernel call (24 accumulators along k,
+ *    reduced at the end of each KC block).
+ *  - GEMM with bf16 dot products (the fast mode, asked for by --dtype bfloat16 on the CPU, bf16
+ *    weights only): x is rounded to bf16 once and vdpbf16ps does 32 multiply-adds per instruction.
+ *
+ * Each has an AVX-512 version; AVX2+FMA and portable C run the GEMM structure for every n.
+ * It does not pre-pack weights (they stay zero-copy) and does not allocate, except the fast mode's
+ * bf16 copy of x, which grows on first use of a larger shape.
+ */
+#include "backend/cpu/cpu_internal.h"
+
+#include <stdlib.h>
+
+#define KC 512     /* k block of the f32 GEMM (4 rows x 512 floats = 8 KiB of packed w) */
+#define KC_BF16 1024
+#define NB 64      /* tokens per GEMM block */
+#define GEMV_MAX 4 /* largest n that takes the GEMV path (AVX-512) */
+
+struct mm_job {
+    struct cpu_ctx *c;
+    float *out;
+    int64_t os;
+    const float *x;
+    int64_t xs;
+    const char *w;
+    int64_t ws_bytes; /* bytes between w rows */
+    enum loom_dtype wt;
+    const void *bias; /* NULL or [m] of bt */
+    enum loom_dtype bt;
+    int n, m, k;
+    int mc, n_mchunks, n_tblocks; /* GEMM work split */
+    const uint16_t *xb;           /* fast mode: x as bf16, [n, kp] */
+    int64_t kp;
+};
+
+static inline int min_i(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+static void add_bias(const struct mm_job *j, int t0, int t1, int j0, int j1)
+{
+    if (!j->bias) return;
+    for (int t = t0; t < t1; t++) {
+        float *o = j->out + (int64_t)t * j->os;
+        for (int c = j0; c < j1; c++) o[c] += cpu_load_f(j->bias, j->bt, c);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* portable: pack 4 rows to f32, dot each token against them */
+
+static void pack_c(float *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc)
+{
+    for (int r = 0; r < 4; r++) {
+        float *d = dst + (int64_t)r * kcp;
+        if (r < rows) cpu_row_to_f32(d, j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * loom_dtype_size(j->wt),
+                                     j->wt, kc);
+        else memset(d, 0, (size_t)kc * 4);
+        memset(d + kc, 0, (size_t)(kcp - kc) * 4);
+    }
+}
+
+static void tile_c(const float *wb, int kcp, int kc, const float *x, int64_t xs, int nt, float *out, int64_t os,
+                   int ncols, bool accumulate)
+{
+    for (int t = 0; t < nt; t++) {
+        const float *xr = x + (int64_t)t * xs;
+        for (int r = 0; r < ncols; r++) {
+            const float *wr = wb + (int64_t)r * kcp;
+            float s[8] = {0};
+            int i = 0;
+            for (; i + 8 <= kc; i += 8)
+                for (int l = 0; l < 8; l++) s[l] += wr[i + l] * xr[i + l];
+            float v = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+            for (; i < kc; i++) v += wr[i] * xr[i];
+            float *o = out + (int64_t)t * os + r;
+            *o = accumulate ? *o + v : v;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
+#define T256 __attribute__((target("avx2,fma,f16c")))
+#define INLINE inline __attribute__((always_inline))
+
+/* ---------------------------------------------------------------------------------------------- */
+/* AVX-512 GEMV */
+
+/* 32 weights from p (row-relative element offset already applied), as two f32 vectors. bf16: even
+ * and odd elements (the caller permutes x the same way); f16/f32: elements 0..15 and 16..31.
+ * rem < 32: only the first rem elements (the others read as zero). */
+T512 static INLINE void w32_512(const char *p, enum loom_dtype t, int rem, __m512 *a, __m512 *b)
+{
+    if (t == LOOM_DTYPE_BF16) {
+        __m512i v = rem >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16((__mmask32)((1u << rem) - 1), p);
+        *a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        *b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+    } else if (t == LOOM_DTYPE_F16) {
+        __m256i lo, hi;
+        if (rem >= 32) {
+            lo = _mm256_loadu_si256((const __m256i *)p);
+            hi = _mm256_loadu_si256((const __m256i *)(p + 32));
+        } else {
+            __mmask16 ml = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+            __mmask16 mh = rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0;
+            lo = _mm256_maskz_loadu_epi16(ml, p);
+            hi = _mm256_maskz_loadu_epi16(mh, p + 32);
+        }
+        *a = _mm512_cvtph_ps(lo);
+        *b = _mm512_cvtph_ps(hi);
+    } else {
+        if (rem >= 32) {
+            *a = _mm512_loadu_ps(p);
+            *b = _mm512_loadu_ps(p + 64);
+        } else {
+            __mmask16 ml = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+            __mmask16 mh = rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0;
+            *a = _mm512_maskz_loadu_ps(ml, p);
+            *b = _mm512_maskz_loadu_ps(mh, p + 64);
+        }
+    }
+}
+
+/* 32 activations in the lane order w32_512 gives for dtype t. */
+T512 static INLINE void x32_512(const float *x, enum loom_dtype t, int rem, __m512 *a, __m512 *b)
+{
+    __m512 x0, x1;
+    if (rem >= 32) {
+        x0 = _mm512_loadu_ps(x);
+        x1 = _mm512_loadu_ps(x + 16);
+    } else {
+        __mmask16 ml = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+        __mmask16 mh = rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0;
+        x0 = _mm512_maskz_loadu_ps(ml, x);
+        x1 = _mm512_maskz_loadu_ps(mh, x + 16);
+    }
+    if (t == LOOM_DTYPE_BF16) {
+        const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        *a = _mm512_permutex2var_ps(x0, ie, x1);
+        *b = _mm512_permutex2var_ps(x0, io, x1);
+    } else {
+        *a = x0;
+        *b = x1;
+    }
+}
+
+/* the four sums of a..d, in that order */
+T512 static INLINE __m128 hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m256 a2 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b2 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c2 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d2 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a2, b2), _mm256_hadd_ps(c2, d2));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* R (1 or 4) rows starting at row j0, NT tokens: out[t, j0 + r] = x[t] . w[j0 + r] */
+T512 static INLINE void gemv_tile_512(const struct mm_job *j, int j0, const int R, const int NT,
+                                      const enum loom_dtype wt)
+{
+    const size_t esz = loom_dtype_size(wt);
+    const char *wr[4];
+    const float *xr[4];
+    __m512 acc[4][GEMV_MAX];
+    for (int r = 0; r < R; r++) wr[r] = j->w + (int64_t)(j0 + r) * j->ws_bytes;
+    for (int t = 0; t < NT; t++) xr[t] = j->x + (int64_t)t * j->xs;
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    const int k = j->k;
+    for (int kk = 0; kk < k; kk += 32) {
+        const int rem = k - kk; /* >= 32 except in the last step */
+        __m512 xa[GEMV_MAX], xb[GEMV_MAX];
+        for (int t = 0; t < NT; t++) x32_512(xr[t] + kk, wt, rem, &xa[t], &xb[t]);
+        for (int r = 0; r < R; r++) {
+            __m512 wa, wb;
+            w32_512(wr[r] + kk * esz, wt, rem, &wa, &wb);
+            for (int t = 0; t < NT; t++) {
+                acc[r][t] = _mm512_fmadd_ps(wa, xa[t], acc[r][t]);
+                acc[r][t] = _mm512_fmadd_ps(wb, xb[t], acc[r][t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = j->out + (int64_t)t * j->os + j0;
+        if (R == 4) _mm_storeu_ps(o, hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+        else o[0] = _mm512_reduce_add_ps(acc[0][t]);
+    }
+}
+
+T512 static INLINE void gemv_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
+{
+    int r = j0;
+    switch (j->n) {
+#define CASE(NT)                                                                                         \
+    case NT:                                                                                             \
+        for (; r + 4 <= j1; r += 4) gemv_tile_512(j, r, 4, NT, wt);                                      \
+        for (; r < j1; r++) gemv_tile_512(j, r, 1, NT, wt);                                              \
+        break;
+        CASE(1)
+        CASE(2)
+        CASE(3)
+        CASE(4)
+#undef CASE
+    default: LOOM_DIE("gemv: n = %d", j->n);
+    }
+}
+
+T512 static void gemv_range_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    switch (j->wt) {
+    case LOOM_DTYPE_BF16: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_BF16); break;
+    case LOOM_DTYPE_F16: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F16); break;
+    default: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F32); break;
+    }
+    add_bias(j, 0, j->n, (int)b, (int)e);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* AVX-512 GEMM, fp32 */
+
+T512 static void pack_512(float *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc)
+{
+    for (int r = 0; r < 4; r++) {
+        float *d = dst + (int64_t)r * kcp;
+        if (r >= rows) {
+            memset(d, 0, (size_t)kcp * 4);
+            continue;
+        }
+        const char *src = j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * loom_dtype_size(j->wt);
+        for (int i = 0; i < kcp; i += 16) {
+            int rem = kc - i;
+            __mmask16 m = rem >= 16 ? 0xffff : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
+            __m512 v;
+            if (j->wt == LOOM_DTYPE_BF16)
+                v = _mm512_castsi512_ps(
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i * 2)), 16));
+            else if (j->wt == LOOM_DTYPE_F16) v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i * 2));
+            else v = _mm512_maskz_loadu_ps(m, src + i * 4);
+            _mm512_store_ps(d + i, v);
+        }
+    }
+}
+
+T512 static INLINE void gemm_tile_512_t(const float *wb, int kcp, int kc, const float *x, int64_t xs, const int NT,
+                                        float *out, int64_t os, int ncols, bool accumulate)
+{
+    __m512 acc[4][6];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int kk = 0; kk < kc; kk += 16) {
+        const int rem = kc - kk;
+        __mmask16 m = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+        __m512 w0 = _mm512_load_ps(wb + kk), w1 = _mm512_load_ps(wb + kcp + kk);
+        __m512 w2 = _mm512_load_ps(wb + 2 * kcp + kk), w3 = _mm512_load_ps(wb + 3 * kcp + kk);
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * xs + kk);
+            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+        }
+    }
+    __mmask8 sm = (__mmask8)((1u << ncols) - 1);
+    for (int t = 0; t < NT; t++) {
+        __m128 s = hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+        float *o = out + t * os;
+        if (accumulate) s = _mm_add_ps(s, _mm_maskz_loadu_ps(sm, o));
+        _mm_mask_storeu_ps(o, sm, s);
+    }
+}
+
+T512 static void tile_512(const float *wb, int kcp, int kc, const float *x, int64_t xs, int nt, float *out,
+                          int64_t os, int ncols, bool accumulate)
+{
+    int t = 0;
+    for (; t + 6 <= nt; t += 6) gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 6, out + t * os, os, ncols, accumulate);
+    switch (nt - t) {
+    case 0: break;
+    case 1: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 1, out + t * os, os, ncols, accumulate); break;
+    case 2: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 2, out + t * os, os, ncols, accumulate); break;
+    case 3: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 3, out + t * os, os, ncols, accumulate); break;
+    case 4: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 4, out + t * os, os, ncols, accumulate); break;
+    case 5: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 5, out + t * os, os, ncols, accumulate); break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* AVX-512 BF16 GEMM (fast mode): w bf16 as stored, x rounded to bf16 */
+
+T512BF static void x_to_bf16_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    for (int64_t t = b; t < e; t++) {
+        const float *x = j->x + t * j->xs;
+        uint16_t *d = (uint16_t *)j->xb + t * j->kp;
+        for (int i = 0; i < j->kp; i += 32) {
+            int rem = j->k - i;
+            __mmask16 ml = rem >= 16 ? 0xffff : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
+            __mmask16 mh = rem >= 32 ? 0xffff : rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0;
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(mh, x + i + 16), _mm512_maskz_loadu_ps(ml, x + i));
+            _mm512_storeu_si512(d + i, (__m512i)v);
+        }
+    }
+}
+
+T512BF static INLINE void bf16_tile_t(const struct mm_job *j, int row, int rows, int k0, int kc, int t0,
+                                      const int NT, bool accumulate)
+{
+    __m512 acc[4][6];
+    const char *wr[4];
+    for (int r = 0; r < 4; r++) wr[r] = j->w + (int64_t)(row + (r < rows ? r : rows - 1)) * j->ws_bytes + (int64_t)k0 * 2;
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    const uint16_t *xb = j->xb + (int64_t)t0 * j->kp + k0;
+    for (int kk = 0; kk < kc; kk += 32) {
+        const int rem = kc - kk;
+        __mmask32 m = rem >= 32 ? 0xffffffffu : (__mmask32)((1u << rem) - 1);
+        __m512i w0 = _mm512_maskz_loadu_epi16(m, wr[0] + kk * 2), w1 = _mm512_maskz_loadu_epi16(m, wr[1] + kk * 2);
+        __m512i w2 = _mm512_maskz_loadu_epi16(m, wr[2] + kk * 2), w3 = _mm512_maskz_loadu_epi16(m, wr[3] + kk * 2);
+        for (int t = 0; t < NT; t++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + t * j->kp + kk);
+            acc[0][t] = _mm512_dpbf16_ps(acc[0][t], (__m512bh)w0, xv);
+            acc[1][t] = _mm512_dpbf16_ps(acc[1][t], (__m512bh)w1, xv);
+            acc[2][t] = _mm512_dpbf16_ps(acc[2][t], (__m512bh)w2, xv);
+            acc[3][t] = _mm512_dpbf16_ps(acc[3][t], (__m512bh)w3, xv);
+        }
+    }
+    __mmask8 sm = (__mmask8)((1u << rows) - 1);
+    for (int t = 0; t < NT; t++) {
+        __m128 s = hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+        float *o = j->out + (int64_t)(t0 + t) * j->os + row;
+        if (accumulate) s = _mm_add_ps(s, _mm_maskz_loadu_ps(sm, o));
+        _mm_mask_storeu_ps(o, sm, s);
+    }
+}
+
+T512BF static void gemm_bf16_item(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    for (int64_t item = b; item < e; item++) {
+        int mci = (int)(item % j->n_mchunks), tbi = (int)(item / j->n_mchunks);
+        int j0 = mci * j->mc, j1 = min_i(j->m, j0 + j->mc);
+        int t0 = tbi * NB, t1 = min_i(j->n, t0 + NB);
+        for (int k0 = 0; k0 < j->k; k0 += KC_BF16) {
+            int kc = min_i(KC_BF16, j->k - k0);
+            for (int row = j0; row < j1; row += 4) {
+                int rows = min_i(4, j1 - row);
+                int t = t0;
+                for (; t + 6 <= t1; t += 6) bf16_tile_t(j, row, rows, k0, kc, t, 6, k0 > 0);
+                switch (t1 - t) {
+                case 0: break;
+                case 1: bf16_tile_t(j, row, rows, k0, kc, t, 1, k0 > 0); break;
+                case 2: bf16_tile_t(j, row, rows, k0, kc, t, 2, k0 > 0); break;
+                case 3: bf16_tile_t(j, row, rows, k0, kc, t, 3, k0 > 0); break;
+                case 4: bf16_tile_t(j, row, rows, k0, kc, t, 4, k0 > 0); break;
+                case 5: bf16_tile_t(j, row, rows, k0, kc, t, 5, k0 > 0); break;
+                }
+            }
+        }
+        add_bias(j, t0, t1, j0, j1);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* AVX2 GEMM (used for every n) */
+
+T256 static void pack_256(float *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc)
+{
+    for (int r = 0; r < 4; r++) {
+        float *d = dst + (int64_t)r * kcp;
+        if (r >= rows) {
+            memset(d, 0, (size_t)kcp * 4);
+            continue;
+        }
+        const char *src = j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * loom_dtype_size(j->wt);
+        int i = 0;
+        if (j->wt == LOOM_DTYPE_BF16) {
+            for (; i + 8 <= kc; i += 8)
+                _mm256_store_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                           _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i * 2))), 16)));
+        } else if (j->wt == LOOM_DTYPE_F16) {
+            for (; i + 8 <= kc; i += 8)
+                _mm256_store_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i * 2))));
+        }
+        cpu_row_to_f32(d + i, src + (int64_t)i * loom_dtype_size(j->wt), j->wt, kc - i);
+        memset(d + kc, 0, (size_t)(kcp - kc) * 4);
+    }
+}
+
+T256 static INLINE __m128 hsum4_256(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+T256 static INLINE void gemm_tile_256_t(const float *wb, int kcp, int kc, const float *x, int64_t xs, const int NT,
+                                        float *out, int64_t os, int ncols, bool accumulate)
+{
+    __m256 acc[4][2];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+    int kk = 0;
+    for (; kk + 8 <= kc; kk += 8) {
+        __m256 w0 = _mm256_load_ps(wb + kk), w1 = _mm256_load_ps(wb + kcp + kk);
+        __m256 w2 = _mm256_load_ps(wb + 2 * kcp + kk), w3 = _mm256_load_ps(wb + 3 * kcp + kk);
+        for (int t = 0; t < NT; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * xs + kk);
+            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
+            acc[2][t] = _mm256_fmadd_ps(w2, xv, acc[2][t]);
+            acc[3][t] = _mm256_fmadd_ps(w3, xv, acc[3][t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float s[4];
+        _mm_storeu_ps(s, hsum4_256(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+        const float *xr = x + t * xs;
+        for (int i = kk; i < kc; i++)
+            for (int r = 0; r < 4; r++) s[r] += wb[r * kcp + i] * xr[i];
+        float *o = out + t * os;
+        for (int r = 0; r < ncols; r++) o[r] = accumulate ? o[r] + s[r] : s[r];
+    }
+}
+
+T256 static void tile_256(const float *wb, int kcp, int kc, const float *x, int64_t xs, int nt, float *out,
+                          int64_t os, int ncols, bool accumulate)
+{
+    int t = 0;
+    for (; t + 2 <= nt; t += 2) gemm_tile_256_t(wb, kcp, kc, x + t * xs, xs, 2, out + t * os, os, ncols, accumulate);
+    if (t < nt) gemm_tile_256_t(wb, kcp, kc, x + t * xs, xs, 1, out + t * os, os, ncols, accumulate);
+}
+#endif /* __x86_64__ */
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the blocked GEMM driver, shared by the f32 paths of every isa */
+
+typedef void (*pack_fn)(float *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc);
+typedef void (*tile_fn)(const float *wb, int kcp, int kc, const float *x, int64_t xs, int nt, float *out,
+                        int64_t os, int ncols, bool accumulate);
+
+static void gemm_item(const struct mm_job *j, int64_t item, pack_fn pack, tile_fn tile)
+{
+    _Alignas(64) float wb[4 * KC];
+    int mci = (int)(item % j->n_mchunks), tbi = (int)(item / j->n_mchunks);
+    int j0 = mci * j->mc, j1 = min_i(j->m, j0 + j->mc);
+    int t0 = tbi * NB, t1 = min_i(j->n, t0 + NB);
+    for (int k0 = 0; k0 < j->k; k0 += KC) {
+        int kc = min_i(KC, j->k - k0), kcp = (kc + 15) & ~15;
+        for (int row = j0; row < j1; row += 4) {
+            int rows = min_i(4, j1 - row);
+            pack(wb, kcp, j, row, rows, k0, kc);
+            tile(wb, kcp, kc, j->x + (int64_t)t0 * j->xs + k0, j->xs, t1 - t0, j->out + (int64_t)t0 * j->os + row, j->os,
+                 rows, k0 > 0);
+        }
+    }
+    add_bias(j, t0, t1, j0, j1);
+}
+
+static void gemm_items_c(void *arg, int64_t b, int64_t e, int ith)
+{
+    (void)ith;
+    for (int64_t i = b; i < e; i++) gemm_item(arg, i, pack_c, tile_c);
+}
+
+#if defined(__x86_64__)
+static void gemm_items_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    (void)ith;
+    for (int64_t i = b; i < e; i++) gemm_item(arg, i, pack_512, tile_512);
+}
+
+static void gemm_items_256(void *arg, int64_t b, int64_t e, int ith)
+{
+    (void)ith;
+    for (int64_t i = b; i < e; i++) gemm_item(arg, i, pack_256, tile_256);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void *scratch(struct cpu_ctx *c, size_t bytes)
+{
+    if (bytes > c->scratch_bytes) {
+        free(c->scratch);
+        c->scratch = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!c->scratch) LOOM_DIE("out of host memory allocating %zu bytes of matmul scratch", bytes);
+        c->scratch_bytes = bytes;
+    }
+    return c->scratch;
+}
+
+void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                const struct loom_tensor *bias)
+{
+    struct cpu_ctx *c = cpu_ctx(be);
+    LOOM_ASSERT(out.dtype == LOOM_DTYPE_F32 && x.dtype == LOOM_DTYPE_F32 && cpu_is_float(w.dtype));
+    LOOM_ASSERT(x.cols == w.cols && out.rows == x.rows && out.cols == w.rows);
+    LOOM_ASSERT(x.rows < INT32_MAX && w.rows < INT32_MAX && w.cols < INT32_MAX);
+    struct mm_job j = {
+        .c = c, .out = out.data, .os = out.stride, .x = x.data, .xs = x.stride, .w = w.data,
+        .ws_bytes = w.stride * (int64_t)loom_dtype_size(w.dtype), .wt = w.dtype,
+        .n = (int)x.rows, .m = (int)w.rows, .k = (int)w.cols,
+    };
+    if (bias && bias->data) {
+        LOOM_ASSERT(cpu_is_float(bias->dtype) && bias->rows * bias->cols == w.rows);
+        j.bias = bias->data;
+        j.bt = bias->dtype;
+    }
+    if (j.n == 0 || j.m == 0) return;
+    int nth = loom_threadpool_size(c->tp);
+#if defined(__x86_64__)
+    if (c->isa == CPU_ISA_AVX512 && j.n <= GEMV_MAX) {
+        int64_t grain = ((int64_t)j.m + 8 * nth - 1) / (8 * nth);
+        grain = (grain + 3) & ~3;
+        if (grain < 16) grain = 16;
+        loom_parallel_for(c->tp, j.m, grain, gemv_range_512, &j);
+        return;
+    }
+#endif
+    /* GEMM work split: (chunks of w rows) x (blocks of NB tokens), about 8 items per thread */
+    j.n_tblocks = (j.n + NB - 1) / NB;
+    int want = 8 * nth;
+    int mchunks = (want + j.n_tblocks - 1) / j.n_tblocks;
+    int mc = (j.m + mchunks - 1) / mchunks;
+    mc = (mc + 3) & ~3;
+    if (mc < 16) mc = 16;
+    if (mc > 512) mc = 512;
+    j.mc = mc;
+    j.n_mchunks = (j.m + mc - 1) / mc;
+    int64_t items = (int64_t)j.n_mchunks * j.n_tblocks;
+#if defined(__x86_64__)
+    if (c->isa == CPU_ISA_AVX512 && c->bf16_matmul && c->has_bf16_dot && w.dtype == LOOM_DTYPE_BF16) {
+        j.kp = (j.k + 31) & ~31;
+        j.xb = scratch(c, (size_t)j.n * (size_t)j.kp * 2);
+        loom_parallel_for(c->tp, j.n, 0, x_to_bf16_512, &j);
+        loom_parallel_for(c->tp, items, 1, gemm_bf16_item, &j);
+        return;
+    }
+    if (c->isa == CPU_ISA_AVX512) {
+        loom_parallel_for(c->tp, items, 1, gemm_items_512, &j);
+        return;
+    }
+    if (c->isa == CPU_ISA_AVX2) {
+        loom_parallel_for(c->tp, items, 1, gemm_items_256, &j);
+        return;
+    }
+#endif
+    loom_parallel_for(c->tp, items, 1, gemm_items_c, &j);
+}

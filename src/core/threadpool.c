@@ -1,0 +1,198 @@
+/*
+ * threadpool.c: persistent workers, a generation counter to publish jobs, a done counter to join.
+ *
+ * Publishing: the caller stores the job, then bumps `gen` (seq_cst). A worker spins on `gen` for
+ * SPIN_SECONDS, then announces itself in `n_sleeping` and sleeps on the condvar; the caller only
+ * takes the mutex to broadcast when someone sleeps. Both sides use seq_cst read-modify-writes on
+ * their own counter before reading the other's, so a wake-up is never lost (Dekker's argument).
+ * Joining: each worker bumps `done` after the job; the caller spins (then yields) until all have.
+ * It does not pin threads to cores and does not allocate after creation.
+ */
+#include "core/threadpool.h"
+#include "core/error.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define SPIN_SECONDS 2e-3   /* how long an idle worker spins before sleeping */
+
+struct worker_arg {
+    struct loom_threadpool *tp;
+    int ith;
+};
+
+struct loom_threadpool {
+    int n; /* threads including the caller */
+    pthread_t *threads;
+    struct worker_arg *args;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic uint64_t gen;   /* bumped once per job */
+    _Atomic int done;       /* workers (not the caller) finished with the current job */
+    _Atomic int n_sleeping; /* workers waiting on cv */
+    _Atomic bool stop;
+    loom_thread_fn fn; /* the current job; written before gen is bumped */
+    void *arg;
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+int loom_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int c = CPU_COUNT(&set);
+        if (c > 0) return c;
+    }
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c > 0 ? (int)c : 1;
+}
+
+static void *worker_main(void *p)
+{
+    struct worker_arg *wa = p;
+    struct loom_threadpool *tp = wa->tp;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g;
+        double spin_start = 0;
+        unsigned spins = 0;
+        while ((g = atomic_load_explicit(&tp->gen, memory_order_acquire)) == seen) {
+            if (atomic_load_explicit(&tp->stop, memory_order_relaxed)) return NULL;
+            cpu_relax();
+            if ((++spins & 255) != 0) continue;
+            double t = now_s();
+            if (spin_start == 0) spin_start = t;
+            if (t - spin_start < SPIN_SECONDS) continue;
+            pthread_mutex_lock(&tp->mu);
+            atomic_fetch_add(&tp->n_sleeping, 1);
+            while (atomic_load(&tp->gen) == seen && !atomic_load(&tp->stop)) pthread_cond_wait(&tp->cv, &tp->mu);
+            atomic_fetch_sub(&tp->n_sleeping, 1);
+            pthread_mutex_unlock(&tp->mu);
+            spin_start = 0;
+        }
+        seen = g;
+        if (atomic_load(&tp->stop)) return NULL;
+        tp->fn(tp->arg, wa->ith, tp->n);
+        atomic_fetch_add_explicit(&tp->done, 1, memory_order_release);
+    }
+}
+
+struct loom_threadpool *loom_threadpool_create(int n_threads)
+{
+    if (n_threads <= 0) n_threads = loom_cpu_count();
+    struct loom_threadpool *tp = loom_calloc(1, sizeof(*tp));
+    tp->n = n_threads;
+    pthread_mutex_init(&tp->mu, NULL);
+    pthread_cond_init(&tp->cv, NULL);
+    atomic_init(&tp->gen, 0);
+    atomic_init(&tp->done, 0);
+    atomic_init(&tp->n_sleeping, 0);
+    atomic_init(&tp->stop, false);
+    tp->threads = loom_calloc((size_t)n_threads, sizeof(pthread_t));
+    tp->args = loom_calloc((size_t)n_threads, sizeof(struct worker_arg));
+    for (int i = 1; i < n_threads; i++) {
+        tp->args[i].tp = tp;
+        tp->args[i].ith = i;
+        if (pthread_create(&tp->threads[i], NULL, worker_main, &tp->args[i]) != 0)
+            LOOM_DIE("cannot start thread %d of %d", i, n_threads);
+    }
+    return tp;
+}
+
+void loom_threadpool_free(struct loom_threadpool *tp)
+{
+    if (!tp) return;
+    pthread_mutex_lock(&tp->mu);
+    atomic_store(&tp->stop, true);
+    pthread_cond_broadcast(&tp->cv);
+    pthread_mutex_unlock(&tp->mu);
+    for (int i = 1; i < tp->n; i++) pthread_join(tp->threads[i], NULL);
+    pthread_mutex_destroy(&tp->mu);
+    pthread_cond_destroy(&tp->cv);
+    free(tp->threads);
+    free(tp->args);
+    free(tp);
+}
+
+int loom_threadpool_size(const struct loom_threadpool *tp)
+{
+    return tp ? tp->n : 1;
+}
+
+void loom_threadpool_run(struct loom_threadpool *tp, loom_thread_fn fn, void *arg)
+{
+    if (!tp || tp->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    tp->fn = fn;
+    tp->arg = arg;
+    atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
+    atomic_fetch_add(&tp->gen, 1); /* seq_cst: publishes fn/arg/done */
+    if (atomic_load(&tp->n_sleeping) > 0) {
+        pthread_mutex_lock(&tp->mu);
+        pthread_cond_broadcast(&tp->cv);
+        pthread_mutex_unlock(&tp->mu);
+    }
+    fn(arg, 0, tp->n);
+    unsigned spins = 0;
+    while (atomic_load_explicit(&tp->done, memory_order_acquire) < tp->n - 1) {
+        if (++spins < 4096) cpu_relax();
+        else sched_yield();
+    }
+}
+
+struct pfor_job {
+    loom_range_fn fn;
+    void *arg;
+    int64_t n, grain;
+    _Atomic int64_t next;
+};
+
+static void pfor_worker(void *p, int ith, int nth)
+{
+    struct pfor_job *j = p;
+    (void)nth;
+    for (;;) {
+        int64_t b = atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
+        if (b >= j->n) break;
+        int64_t e = b + j->grain < j->n ? b + j->grain : j->n;
+        j->fn(j->arg, b, e, ith);
+    }
+}
+
+void loom_parallel_for(struct loom_threadpool *tp, int64_t n, int64_t grain, loom_range_fn fn, void *arg)
+{
+    if (n <= 0) return;
+    int nth = loom_threadpool_size(tp);
+    if (grain <= 0) {
+        grain = n / (4 * (int64_t)nth);
+        if (grain < 1) grain = 1;
+    }
+    if (nth == 1 || n <= grain) {
+        fn(arg, 0, n, 0);
+        return;
+    }
+    struct pfor_job j = {fn, arg, n, grain, 0};
+    atomic_init(&j.next, 0);
+    loom_threadpool_run(tp, pfor_worker, &j);
+}
