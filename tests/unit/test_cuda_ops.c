@@ -2,8 +2,9 @@
  * test_cuda_ops.c: the CUDA backend against a reference, op by op, on fresh random inputs.
  *
  * Each op runs on the GPU with F32 and with BF16 activations, at several shapes (odd sizes, strided
- * rows), into outputs poisoned with NaN first, so an unwritten element fails. The reference is plain
- * double-precision C in this file, fed the same dtype-rounded inputs; the error is ||gpu - ref|| / ||ref||
+ * rows), into outputs poisoned with NaN first, so an unwritten element fails. Every result is compared
+ * twice: with the CPU backend run on the same dtype-rounded inputs (F32 activations there; weights in
+ * their own dtype), and with plain double-precision C in this file. The error is ||gpu - ref|| / ||ref||
  * with a tolerance per dtype (F32: 1e-5, TF32 is off; BF16/F16: 1e-2). Attention runs several sequences
  * at once (prefill chunks and decodes), with shuffled, non-contiguous block tables, GQA, MQA and a
  * sliding window, and decodes long enough to take the split (flash-decoding) path.
@@ -16,7 +17,8 @@
 
 #include <stdint.h>
 
-static struct loom_backend *be; /* the backend under test; its act_dtype changes per pass */
+static struct loom_backend *be;  /* the backend under test; its act_dtype changes per pass */
+static struct loom_backend *cpu; /* the CPU backend, the second reference */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static uint32_t rng_u32(void)
@@ -43,7 +45,8 @@ static double tol_for(enum loom_dtype t)
 /* A device tensor and the host copy of its values (as floats, already rounded to its dtype). */
 struct dten {
     struct loom_tensor t;
-    float *h; /* [rows * stride] */
+    float *h;  /* [rows * stride] */
+    void *raw; /* [rows * stride] the same values in t.dtype (what was uploaded) */
 };
 
 static struct dten dten_make(enum loom_dtype dt, int64_t rows, int64_t cols, int64_t stride, float scale)
@@ -57,7 +60,7 @@ static struct dten dten_make(enum loom_dtype dt, int64_t rows, int64_t cols, int
     loom_convert_to_f32(d.h, raw, dt, n); /* the reference sees exactly the rounded values */
     void *dev = be->ops->alloc(be, n * es + 4);
     be->ops->upload(be, dev, raw, n * es);
-    free(raw);
+    d.raw = raw;
     d.t = loom_tensor_2d(dev, dt, rows, cols);
     d.t.stride = stride;
     return d;
@@ -100,6 +103,39 @@ static void dten_free(struct dten *d)
 {
     be->ops->free(be, d->t.data);
     free(d->h);
+    free(d->raw);
+}
+
+/* ---- the CPU backend's side: host tensors of the same values ---- */
+
+/* A fresh F32 copy of d's values (an activation operand; the op may modify it). */
+static struct loom_tensor cpu_act(const struct dten *d)
+{
+    size_t n = (size_t)(d->t.rows * d->t.stride);
+    float *p = loom_malloc(n * sizeof(float) + 4);
+    memcpy(p, d->h, n * sizeof(float));
+    struct loom_tensor t = loom_tensor_2d(p, LOOM_DTYPE_F32, d->t.rows, d->t.cols);
+    t.stride = d->t.stride;
+    return t;
+}
+
+/* d's own bytes in its own dtype (a weight operand), not copied. */
+static struct loom_tensor cpu_raw(const struct dten *d)
+{
+    struct loom_tensor t = d->t;
+    t.data = d->raw;
+    return t;
+}
+
+/* A NaN-filled F32 output of rows x cols with the given stride. */
+static struct loom_tensor cpu_out(int64_t rows, int64_t cols, int64_t stride)
+{
+    size_t n = (size_t)(rows * stride);
+    float *p = loom_malloc(n * sizeof(float) + 4);
+    for (size_t i = 0; i < n; i++) p[i] = NAN;
+    struct loom_tensor t = loom_tensor_2d(p, LOOM_DTYPE_F32, rows, cols);
+    t.stride = stride;
+    return t;
 }
 
 static int32_t *dev_i32(const int32_t *h, size_t n)
@@ -140,6 +176,20 @@ static double *dalloc(size_t n)
     return loom_calloc(n + 1, sizeof(double));
 }
 
+/* The GPU's rows x cols result (contiguous) against the CPU backend's F32 tensor c; frees c.data. */
+static void compare_cpu(const char *what, const float *got, struct loom_tensor c, double tol)
+{
+    double *ref = dalloc((size_t)(c.rows * c.cols));
+    const float *p = c.data;
+    for (int64_t r = 0; r < c.rows; r++)
+        for (int64_t k = 0; k < c.cols; k++) ref[r * c.cols + k] = p[r * c.stride + k];
+    char w[200];
+    snprintf(w, sizeof w, "%s [cpu]", what);
+    compare(w, got, ref, (size_t)(c.rows * c.cols), tol);
+    free(ref);
+    free(c.data);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 
 static void test_matmul(int n, int k, int m, enum loom_dtype wdt, enum loom_dtype odt, bool bias, int xpad)
@@ -164,6 +214,10 @@ static void test_matmul(int n, int k, int m, enum loom_dtype wdt, enum loom_dtyp
     /* F32 output of BF16 inputs is still only as exact as the fp32 accumulation: use the act tolerance */
     double tol = (act == LOOM_DTYPE_F32 && wdt == LOOM_DTYPE_F32 && odt == LOOM_DTYPE_F32) ? 1e-5 : 1e-2;
     compare(what, got, ref, (size_t)n * m, tol);
+    struct loom_tensor cx = cpu_act(&x), cw = cpu_raw(&w), cb = cpu_raw(&b), co = cpu_out(n, m, m);
+    cpu->ops->matmul(cpu, co, cx, cw, bias ? &cb : NULL);
+    compare_cpu(what, got, co, tol);
+    free(cx.data);
     free(got);
     free(ref);
     dten_free(&x);
@@ -197,21 +251,36 @@ static void test_rmsnorm(int rows, int cols, enum loom_dtype wdt, bool alias, bo
             ref[(size_t)r * cols + c] = v * inv * w.h[c];
         }
     }
-    if (fused)
+    struct loom_tensor cx = cpu_act(&x), cr = cpu_act(&res), cw = cpu_raw(&w), co = cpu_out(rows, cols, cols);
+    if (fused) {
         be->ops->add_rmsnorm(be, res.t, x.t, o.t, w.t, eps);
-    else
+        cpu->ops->add_rmsnorm(cpu, cr, cx, co, cw, eps);
+    } else {
         be->ops->rmsnorm(be, o.t, x.t, w.t, eps);
+        if (alias) {
+            cpu->ops->rmsnorm(cpu, cx, cx, cw, eps);
+            for (int r = 0; r < rows; r++)
+                memcpy((float *)co.data + (size_t)r * cols, (float *)cx.data + (size_t)r * cx.stride, (size_t)cols * 4);
+        } else {
+            cpu->ops->rmsnorm(cpu, co, cx, cw, eps);
+        }
+    }
     float *got = dten_get(&o);
     char what[128];
     snprintf(what, sizeof what, "%s %dx%d w=%s%s", fused ? "add_rmsnorm" : "rmsnorm", rows, cols,
              loom_dtype_name(wdt), alias ? " in-place" : "");
     compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    compare_cpu(what, got, co, tol_for(act));
     if (fused) {
         float *gr = dten_get(&res);
         snprintf(what, sizeof what, "add_rmsnorm residual %dx%d", rows, cols);
         compare(what, gr, rref, (size_t)rows * cols, tol_for(act) * 0.5);
+        compare_cpu(what, gr, cr, tol_for(act) * 0.5);
+        cr.data = NULL;
         free(gr);
     }
+    free(cx.data);
+    free(cr.data);
     free(got);
     free(ref);
     free(rref);
@@ -248,6 +317,9 @@ static void test_rope(int n, int n_heads, int head_dim, int pad)
     char what[128];
     snprintf(what, sizeof what, "rope n=%d heads=%d hd=%d%s", n, n_heads, head_dim, pad ? " strided" : "");
     compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    struct loom_tensor cx = cpu_act(&x);
+    cpu->ops->rope(cpu, cx, pos, n_heads, head_dim, loom_tensor_2d(inv, LOOM_DTYPE_F32, 1, head_dim / 2));
+    compare_cpu(what, got, cx, tol_for(act));
     free(got);
     free(ref);
     free(inv);
@@ -274,6 +346,9 @@ static void test_elementwise(int rows, int cols)
     float *got = dten_get(&o);
     snprintf(what, sizeof what, "silu_mul %dx%d", rows, cols);
     compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    struct loom_tensor cg = cpu_act(&g), cu = cpu_act(&u), co = cpu_out(rows, cols, cols);
+    cpu->ops->silu_mul(cpu, co, cg, cu);
+    compare_cpu(what, got, co, tol_for(act));
     free(got);
     /* add: x += y */
     for (int r = 0; r < rows; r++)
@@ -283,6 +358,9 @@ static void test_elementwise(int rows, int cols)
     got = dten_get(&g);
     snprintf(what, sizeof what, "add %dx%d", rows, cols);
     compare(what, got, ref, (size_t)rows * cols, tol_for(act));
+    cpu->ops->add(cpu, cg, cu);
+    compare_cpu(what, got, cg, tol_for(act));
+    free(cu.data);
     free(got);
     /* convert act -> F32 and F32 -> act, F16 */
     enum loom_dtype targets[3] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16, LOOM_DTYPE_F16};
@@ -293,6 +371,16 @@ static void test_elementwise(int rows, int cols)
         got = dten_get(&d);
         snprintf(what, sizeof what, "convert %dx%d -> %s", rows, cols, loom_dtype_name(targets[i]));
         compare(what, got, ref, (size_t)rows * cols, targets[i] == LOOM_DTYPE_F32 ? 1e-7 : 1e-2);
+        /* the CPU converts the same values to the same dtype: round to nearest even on both, so equal */
+        size_t nn = (size_t)rows * cols;
+        void *craw = loom_malloc(nn * 4 + 4);
+        struct loom_tensor cd = loom_tensor_2d(craw, targets[i], rows, cols), cs = cpu_act(&u);
+        cpu->ops->convert(cpu, cd, cs);
+        struct loom_tensor cf = cpu_out(rows, cols, cols);
+        loom_convert_to_f32(cf.data, craw, targets[i], nn);
+        compare_cpu(what, got, cf, 1e-7);
+        free(craw);
+        free(cs.data);
         free(got);
         dten_free(&d);
     }
@@ -327,12 +415,20 @@ static void test_gather_scatter(int n_src, int n, int cols, enum loom_dtype tdt)
     float *got = dten_get(&o);
     snprintf(what, sizeof what, "embedding %d of %dx%d table=%s", n, n_src, cols, loom_dtype_name(tdt));
     compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    struct loom_tensor co = cpu_out(n, cols, cols);
+    cpu->ops->embedding(cpu, co, cpu_raw(&table), idx);
+    compare_cpu(what, got, co, tol_for(act));
     free(got);
     dten_poison(&o);
     be->ops->gather_rows(be, o.t, table.t, didx);
     got = dten_get(&o);
     snprintf(what, sizeof what, "gather_rows %d of %dx%d", n, n_src, cols);
     compare(what, got, ref, (size_t)n * cols, tol_for(act));
+    struct loom_tensor ct = cpu_act(&table);
+    co = cpu_out(n, cols, cols);
+    cpu->ops->gather_rows(cpu, co, ct, idx);
+    compare_cpu(what, got, co, tol_for(act));
+    free(ct.data);
     free(got);
     /* scatter_add_rows: acc[idx[i]] += wt[i] * x[i] */
     struct dten acc = dten_make(act, n_src, cols, cols, 1.f);
@@ -345,10 +441,14 @@ static void test_gather_scatter(int n_src, int n, int cols, enum loom_dtype tdt)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < cols; c++)
             ref[(size_t)idx[i] * cols + c] += (double)wt[i] * x.h[(size_t)i * x.t.stride + c];
+    struct loom_tensor cacc = cpu_act(&acc), cx = cpu_act(&x);
     be->ops->scatter_add_rows(be, acc.t, x.t, didx, dwt);
     got = dten_get(&acc);
     snprintf(what, sizeof what, "scatter_add_rows %d into %dx%d", n, n_src, cols);
     compare(what, got, ref, (size_t)n_src * cols, tol_for(act));
+    cpu->ops->scatter_add_rows(cpu, cacc, cx, idx, wt);
+    compare_cpu(what, got, cacc, tol_for(act));
+    free(cx.data);
     free(got);
     free(ref);
     free(idx);
@@ -388,13 +488,19 @@ static void test_kv_store(int n_slots, int n, int cols)
             rk[(size_t)slots[i] * cols + c] = k.h[(size_t)i * k.t.stride + c];
             rv[(size_t)slots[i] * cols + c] = v.h[(size_t)i * v.t.stride + c];
         }
+    struct loom_tensor ckc = cpu_act(&kc), cvc = cpu_act(&vc), ck = cpu_act(&k), cv = cpu_act(&v);
     be->ops->kv_store(be, kc.t, vc.t, k.t, v.t, dslots);
+    cpu->ops->kv_store(cpu, ckc, cvc, ck, cv, slots);
     float *gk = dten_get(&kc), *gv = dten_get(&vc);
     char what[128];
     snprintf(what, sizeof what, "kv_store %d into %d slots x %d (K)", n, n_slots, cols);
     compare(what, gk, rk, (size_t)n_slots * cols, 1e-7);
+    compare_cpu(what, gk, ckc, 1e-7);
     snprintf(what, sizeof what, "kv_store %d into %d slots x %d (V)", n, n_slots, cols);
     compare(what, gv, rv, (size_t)n_slots * cols, 1e-7);
+    compare_cpu(what, gv, cvc, 1e-7);
+    free(ck.data);
+    free(cv.data);
     free(gk);
     free(gv);
     free(rk);
@@ -415,10 +521,27 @@ static void test_moe_route(int n, int n_exp, int k, bool renorm)
     int32_t *dids = be->ops->alloc(be, (size_t)n * k * 4);
     float *dw = be->ops->alloc(be, (size_t)n * k * 4);
     be->ops->moe_route(be, lg.t, k, renorm, dids, dw);
-    int32_t *ids = loom_malloc((size_t)n * k * 4);
-    float *w = loom_malloc((size_t)n * k * 4);
+    int32_t *ids = loom_malloc((size_t)n * k * 4), *cids = loom_malloc((size_t)n * k * 4);
+    float *w = loom_malloc((size_t)n * k * 4), *cw = loom_malloc((size_t)n * k * 4);
     be->ops->download(be, ids, dids, (size_t)n * k * 4);
     be->ops->download(be, w, dw, (size_t)n * k * 4);
+    struct loom_tensor clg = cpu_act(&lg);
+    cpu->ops->moe_route(cpu, clg, k, renorm, cids, cw);
+    /* same experts in the same order (both sort by weight, ties to the lower id), same weights */
+    int id_diff = 0;
+    double wnum = 0, wden = 0;
+    for (int i = 0; i < n * k; i++) {
+        id_diff += ids[i] != cids[i];
+        wnum += (double)(w[i] - cw[i]) * (w[i] - cw[i]);
+        wden += (double)cw[i] * cw[i];
+    }
+    CHECK_MSG(id_diff == 0, "moe_route n=%d experts=%d k=%d: %d ids differ from the CPU backend's", n, n_exp, k,
+              id_diff);
+    CHECK_MSG(sqrt(wnum / wden) <= 1e-5, "moe_route: weights differ from the CPU backend's by %.3g",
+              sqrt(wnum / wden));
+    free(clg.data);
+    free(cids);
+    free(cw);
     /* reference: softmax, then the k largest (as a set: compare the weight each expert gets) */
     double *ref = dalloc((size_t)n * n_exp);
     float *got = loom_calloc((size_t)n * n_exp + 1, sizeof(float));
@@ -567,6 +690,18 @@ static void test_attention(const struct attn_case *tc)
     snprintf(what, sizeof what, "attention %s (%d tok, %d seqs, %d:%d hd %d%s)", tc->name, n_tokens, tc->n_seqs, H,
              KV, D, tc->window ? ", window" : "");
     compare(what, got, ref, (size_t)n_tokens * H * D, tol_for(act));
+    struct loom_attn_meta cm = meta;
+    cm.positions = positions;
+    cm.slot_mapping = slots;
+    cm.query_start = qs;
+    cm.seq_lens = sl;
+    cm.block_tables = bt;
+    struct loom_tensor cq = cpu_act(&q), ckc = cpu_act(&kc), cvc = cpu_act(&vc), co = cpu_out(n_tokens, H * D, H * D);
+    cpu->ops->attention(cpu, co, cq, ckc, cvc, &cm, H, KV, D, scale, tc->window);
+    compare_cpu(what, got, co, tol_for(act));
+    free(cq.data);
+    free(ckc.data);
+    free(cvc.data);
 
     free(got);
     free(ref);
@@ -611,6 +746,11 @@ static void run_all(void)
     test_matmul(9, 100, 70, act, act, true, 4);
     test_matmul(5, 64, 48, act == LOOM_DTYPE_F32 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, act, true, 2); /* mixed */
     test_matmul(17, 33, 65, LOOM_DTYPE_F16, LOOM_DTYPE_F32, false, 0);
+    /* decode-sized products (the GEMV path with 16-bit activations): n <= 8, k a multiple of 8 */
+    test_matmul(3, 256, 100, act, act, true, 0);
+    test_matmul(8, 4864, 896, act, LOOM_DTYPE_F32, false, 0);
+    test_matmul(4, 128, 40, LOOM_DTYPE_F16, act, true, 8);
+    test_matmul(2, 896, 151, act, LOOM_DTYPE_F32, true, 16);
     const int rn[][2] = {{1, 64}, {5, 897}, {17, 4096}};
     for (int i = 0; i < 3; i++) {
         test_rmsnorm(rn[i][0], rn[i][1], act, false, false);
@@ -639,6 +779,8 @@ int main(void)
     test_skip("built without CUDA");
 #endif
     if (!loom_backend_cuda_available()) test_skip("no CUDA device");
+    struct loom_backend_options copts = {.device = "cpu", .act_dtype = LOOM_DTYPE_F32, .threads = 0};
+    CHECK(loom_backend_cpu_create(&copts, &cpu) == 0);
     enum loom_dtype acts[2] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16};
     for (int i = 0; i < 2; i++) {
         struct loom_backend_options opts = {.device = "cuda", .act_dtype = acts[i], .device_index = 0};
@@ -656,5 +798,6 @@ int main(void)
         printf("   worst relative error with %s activations: %.2e\n", loom_dtype_name(acts[i]), worst_err);
         be->ops->destroy(be);
     }
+    cpu->ops->destroy(cpu);
     return test_report();
 }

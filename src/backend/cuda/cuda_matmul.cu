@@ -4,7 +4,9 @@
  * x and w of one dtype (BF16, F16 or F32) go to cuBLAS with fp32 accumulation (CUBLAS_COMPUTE_32F; F32
  * without TF32); out may be F32 or that dtype. Any other mix of dtypes (e.g. BF16 activations with F16
  * weights) takes a plain tiled kernel that converts on load: correct, not fast. The bias is added by a
- * second small kernel.
+ * second small kernel. Decode-sized products (n <= 8 rows of 16-bit x and w) take a GEMV kernel of
+ * our own instead, with the bias fused: a cuBLAS call there costs more in launch and setup than in
+ * reading w.
  *
  * Row-major to cuBLAS's column-major: out^T (m x n, ld out.stride) = op_T(w as k x m, ld w.stride)
  * * op_N(x as k x n, ld x.stride).
@@ -79,6 +81,128 @@ __global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void 
     }
 }
 
+
+/* ---- small batches (decode): one warp per output row, 16-byte loads of w, fp32 accumulate ----
+ * Memory-bound: w is read once per call; x (at most GEMV_MAX_N rows) stays in L1/L2. Needs k, the row
+ * strides and the pointers aligned to 8 elements (16 bytes); cuBLAS takes the rest. */
+#define GEMV_MAX_N 8
+#define GEMV_WARPS 4
+
+__device__ __forceinline__ void unpack8(uint4 v, float *f, const __nv_bfloat16 *)
+{
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ void unpack8(uint4 v, float *f, const __half *)
+{
+    const __half2 *h = (const __half2 *)&v;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __half22float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+template <typename TW, typename TX, int NB>
+__global__ void __launch_bounds__(32 * GEMV_WARPS)
+    gemv_kernel(void *out, int odt, int64_t ostride, const TX *__restrict__ x, int64_t xstride,
+                const TW *__restrict__ w, int64_t wstride, const void *bias, int bdt, int m, int k)
+{
+    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= m) return;
+    const TW *wr = w + (int64_t)row * wstride;
+    float acc[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = 0.f;
+#pragma unroll 2
+    for (int c = lane * 8; c < k; c += 256) {
+        float wf[8];
+        unpack8(__ldg((const uint4 *)(wr + c)), wf, (const TW *)0);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            float xf[8];
+            unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
+    }
+    if (lane < NB) {
+        float v = 0.f;
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b == lane) v = acc[b];
+        if (bias) v += ld_f(bias, bdt, row);
+        st_f(out, odt, (int64_t)lane * ostride + row, v);
+    }
+}
+
+template <typename TW, typename TX>
+static void gemv_launch(cudaStream_t st, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                        const struct loom_tensor *bias)
+{
+    int n = (int)x.rows, m = (int)w.rows, k = (int)x.cols;
+    dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
+    const void *bd = bias ? bias->data : NULL;
+    int bdt = bias ? bias->dtype : 0;
+    const TX *xp = (const TX *)x.data;
+    const TW *wp = (const TW *)w.data;
+#define GEMV_CASE(NB)                                                                                    \
+    case NB:                                                                                             \
+        gemv_kernel<TW, TX, NB><<<grid, 32 * GEMV_WARPS, 0, st>>>(out.data, out.dtype, out.stride, xp, x.stride, wp, \
+                                                                  w.stride, bd, bdt, m, k);              \
+        break;
+    switch (n) {
+        GEMV_CASE(1)
+        GEMV_CASE(2)
+        GEMV_CASE(3)
+        GEMV_CASE(4)
+        GEMV_CASE(5)
+        GEMV_CASE(6)
+        GEMV_CASE(7)
+        GEMV_CASE(8)
+    default: LOOM_DIE("gemv: n = %d", n);
+    }
+#undef GEMV_CASE
+    CUDA_LAUNCH_CHECK();
+}
+
+static bool aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* True (and launched) when the small-batch kernel applies. */
+static bool try_gemv(cudaStream_t st, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                     const struct loom_tensor *bias)
+{
+    if (x.rows < 1 || x.rows > GEMV_MAX_N) return false;
+    if (x.dtype == LOOM_DTYPE_F32 || w.dtype == LOOM_DTYPE_F32) return false;
+    if (x.cols % 8 || x.stride % 8 || w.stride % 8 || !aligned16(x.data) || !aligned16(w.data)) return false;
+    if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_BF16)
+        gemv_launch<__nv_bfloat16, __nv_bfloat16>(st, out, x, w, bias);
+    else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_F16)
+        gemv_launch<__half, __half>(st, out, x, w, bias);
+    else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_BF16)
+        gemv_launch<__half, __nv_bfloat16>(st, out, x, w, bias);
+    else if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_F16)
+        gemv_launch<__nv_bfloat16, __half>(st, out, x, w, bias);
+    else
+        return false;
+    return true;
+}
+
 static int grid_for(int64_t total, int threads)
 {
     int64_t b = (total + threads - 1) / threads;
@@ -95,6 +219,7 @@ void cuda_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_te
     LOOM_ASSERT(w.cols == k && out.rows == n && out.cols == m);
     LOOM_ASSERT(cuda_is_float_dtype(x.dtype) && cuda_is_float_dtype(w.dtype) && cuda_is_float_dtype(out.dtype));
     if (n == 0 || m == 0) return;
+    if (try_gemv(c->stream, out, x, w, bias)) return;
 
     bool blas = x.dtype == w.dtype && (out.dtype == LOOM_DTYPE_F32 || out.dtype == x.dtype);
     if (blas) {
