@@ -51,13 +51,19 @@ struct loom_detok {
     int32_t *ids; /* context + generated ids */
     int n_ids, cap_ids;
     int prefix_offset, read_offset; /* vLLM's scheme: text of ids[prefix..read) is already emitted */
-    char *pending;                  /* bytes held back (incomplete UTF-8) */
+    char *pending;                  /* text decoded but held back (it ends in U+FFFD: maybe an incomplete character) */
     size_t pending_len;
+    char *out;                      /* the last delta (owned, NUL-terminated) */
+    size_t out_cap;
 };
 void loom_detok_init(struct loom_detok *d, const struct loom_tokenizer *t, bool skip_special_tokens,
                      const int32_t *prompt_ids, int n_prompt);
-/* Appends id; *delta (owned by d, valid until the next call) gets the new final text. */
+/* Appends id; *delta (owned by d, valid until the next call) gets the new final text. An id out of
+ * range is LOOM_EINVAL and is not appended. */
 int loom_detok_push(struct loom_detok *d, int32_t id, const char **delta, size_t *delta_len);
+/* At the end of a sequence: the text still held back (e.g. U+FFFD for bytes of a character the
+ * sequence never completed), so that the joined deltas equal the full decode. */
+int loom_detok_flush(struct loom_detok *d, const char **delta, size_t *delta_len);
 void loom_detok_free(struct loom_detok *d);
 
 #endif
