@@ -1,0 +1,226 @@
+/*
+ * forward.c: one forward pass of a decoder-only transformer over a flattened batch, written once
+ * against the backend ops table (no assumption about where memory lives: only the backend touches
+ * it; host arrays reach it through upload/download).
+ *
+ *   x = embed[tokens]
+ *   per layer:  h = rmsnorm(x)                 (fused with the previous sublayer's residual add)
+ *               q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv);  per-head q/k rmsnorm (Qwen3)
+ *               rope(q, k);  K/V -> pool at slot_mapping;  a = paged causal attention (window)
+ *               x += a Wo (+bo);  h = rmsnorm(x)
+ *               dense: x += (silu(h Wg) * h Wu) Wd
+ *               MoE:   p = softmax(h Wr), top-k (renormalized as the architecture does); for each
+ *                      expert e: x[rows routed to e] += w * expert_e(h[those rows])
+ *   logits = rmsnorm(x)[logit_rows] @ lm_head^T, in chunks of rows, downloaded as F32
+ *
+ * MoE routing needs the expert ids on the host to group tokens (one download per MoE layer).
+ * The batch is validated on the host first (ids, slots against block tables, lengths), so a bad
+ * batch is LOOM_EINVAL and never a stray memory access. It allocates nothing.
+ */
+#include "model/model_internal.h"
+#include "core/error.h"
+
+#include <math.h>
+
+static struct loom_tensor rows(struct loom_tensor t, int n)
+{
+    return loom_tensor_rows(t, 0, n);
+}
+
+/* a contiguous [n, cols] view of a workspace buffer that holds at least n * cols elements */
+static struct loom_tensor view(struct loom_tensor t, int n, int64_t cols)
+{
+    return loom_tensor_2d(t.data, t.dtype, n, cols);
+}
+
+static int validate(const struct loom_model *m, const struct loom_batch *b, int *max_q, int *max_ctx)
+{
+    const struct model_impl *mi = m->impl;
+    const int n = b->n_tokens, S = b->n_seqs, bs = m->block_size;
+    if (m->num_kv_blocks <= 0) return loom_fail(LOOM_EINVAL, "forward: the KV pool is not allocated (loom_model_alloc_kv)");
+    if (n < 1 || n > mi->max_tokens)
+        return loom_fail(LOOM_EINVAL, "forward: %d tokens in the batch; the workspace holds 1..%d (max_batch_tokens)", n,
+                         mi->max_tokens);
+    if (S < 1 || S > mi->max_seqs)
+        return loom_fail(LOOM_EINVAL, "forward: %d sequences in the batch; the workspace holds 1..%d (max_batch_seqs)", S,
+                         mi->max_seqs);
+    if (b->n_logits < 0 || b->n_logits > mi->max_logit_rows)
+        return loom_fail(LOOM_EINVAL, "forward: %d logit rows asked; the workspace holds 0..%d (max_logit_rows)",
+                         b->n_logits, mi->max_logit_rows);
+    const int mbps = b->max_blocks_per_seq;
+    if (mbps < 1 || (int64_t)S * mbps > (int64_t)mi->max_seqs * mi->max_blocks_per_seq)
+        return loom_fail(LOOM_EINVAL, "forward: block tables of %d sequences x %d blocks exceed the %d x %d allocated",
+                         S, mbps, mi->max_seqs, mi->max_blocks_per_seq);
+    if (b->query_start[0] != 0 || b->query_start[S] != n)
+        return loom_fail(LOOM_EINVAL, "forward: query_start must run from 0 to n_tokens (%d), got %d..%d", n,
+                         b->query_start[0], b->query_start[S]);
+    const int64_t slots = (int64_t)m->num_kv_blocks * bs;
+    *max_q = 0;
+    *max_ctx = 0;
+    for (int s = 0; s < S; s++) {
+        const int q0 = b->query_start[s], q_len = b->query_start[s + 1] - q0, ctx = b->seq_lens[s];
+        if (q_len < 0 || ctx < q_len || ctx > mi->max_model_len || ctx > (int64_t)mbps * bs)
+            return loom_fail(LOOM_EINVAL, "forward: sequence %d has %d new tokens in a context of %d (limit %d, %d blocks "
+                                          "of %d)", s, q_len, ctx, mi->max_model_len, mbps, bs);
+        if (q_len > *max_q) *max_q = q_len;
+        if (ctx > *max_ctx) *max_ctx = ctx;
+        const int32_t *bt = b->block_tables + (int64_t)s * mbps;
+        for (int k = 0; k < (ctx + bs - 1) / bs; k++)
+            if (bt[k] < 0 || bt[k] >= m->num_kv_blocks)
+                return loom_fail(LOOM_EINVAL, "forward: sequence %d: block table entry %d is %d (pool has %d blocks)", s,
+                                 k, bt[k], m->num_kv_blocks);
+        for (int j = 0; j < q_len; j++) {
+            const int i = q0 + j, pos = ctx - q_len + j;
+            if (b->positions[i] != pos)
+                return loom_fail(LOOM_EINVAL, "forward: token %d of sequence %d has position %d, expected %d", i, s,
+                                 b->positions[i], pos);
+            int64_t want = (int64_t)bt[pos / bs] * bs + pos % bs;
+            if (b->slot_mapping[i] != want || want >= slots)
+                return loom_fail(LOOM_EINVAL, "forward: token %d (sequence %d, position %d) has slot %d, but its block "
+                                              "table gives %lld", i, s, pos, b->slot_mapping[i], (long long)want);
+            if (b->token_ids[i] < 0 || b->token_ids[i] >= m->cfg.vocab_size)
+                return loom_fail(LOOM_EINVAL, "forward: token id %d is outside the vocabulary (0..%d)", b->token_ids[i],
+                                 m->cfg.vocab_size - 1);
+        }
+    }
+    for (int r = 0; r < b->n_logits; r++)
+        if (b->logit_rows[r] < 0 || b->logit_rows[r] >= n)
+            return loom_fail(LOOM_EINVAL, "forward: logit row %d names token %d of a %d-token batch", r, b->logit_rows[r], n);
+    return 0;
+}
+
+/* x[rows routed to e] += w * expert_e(h[those rows]) for every expert e */
+static int moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n)
+{
+    struct model_impl *mi = m->impl;
+    struct loom_backend *be = m->be;
+    const struct loom_backend_ops *ops = be->ops;
+    const struct loom_model_config *c = &m->cfg;
+    const int E = c->num_experts, K = c->num_experts_per_tok, MI = c->moe_intermediate_size, H = c->hidden_size;
+    struct loom_tensor rl = rows(mi->router_logits, n);
+    ops->matmul(be, rl, h, L->router, NULL);
+    ops->moe_route(be, rl, K, c->norm_topk_prob, mi->d_route_ids, mi->d_route_w);
+    ops->download(be, mi->h_route_ids, mi->d_route_ids, sizeof(int32_t) * (size_t)n * K);
+    ops->download(be, mi->h_route_w, mi->d_route_w, sizeof(float) * (size_t)n * K);
+    /* group (token, weight) pairs by expert, tokens in order within each */
+    for (int e = 0; e < E; e++) mi->h_exp_count[e] = 0;
+    for (int i = 0; i < n * K; i++) {
+        int e = mi->h_route_ids[i];
+        LOOM_ASSERT(e >= 0 && e < E);
+        mi->h_exp_count[e]++;
+    }
+    int off = 0;
+    int start[1024];
+    for (int e = 0; e < E; e++) {
+        start[e] = off;
+        off += mi->h_exp_count[e];
+    }
+    int fill[1024];
+    memcpy(fill, start, sizeof(int) * (size_t)E);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int e = mi->h_route_ids[t * K + j];
+            mi->h_exp_rows[fill[e]] = t;
+            mi->h_exp_w[fill[e]] = mi->h_route_w[t * K + j];
+            fill[e]++;
+        }
+    ops->upload(be, mi->d_exp_rows, mi->h_exp_rows, sizeof(int32_t) * (size_t)n * K);
+    ops->upload(be, mi->d_exp_w, mi->h_exp_w, sizeof(float) * (size_t)n * K);
+    for (int e = 0; e < E; e++) {
+        const int cnt = mi->h_exp_count[e];
+        if (!cnt) continue;
+        const int32_t *idx = mi->d_exp_rows + start[e];
+        struct loom_tensor xe = rows(mi->xe, cnt), ye = rows(mi->ye, cnt);
+        struct loom_tensor g = view(mi->gate, cnt, MI), u = view(mi->up, cnt, MI);
+        ops->gather_rows(be, xe, h, idx);
+        ops->matmul(be, g, xe, L->e_gate[e], NULL);
+        ops->matmul(be, u, xe, L->e_up[e], NULL);
+        ops->silu_mul(be, g, g, u);
+        ops->matmul(be, view(ye, cnt, H), g, L->e_down[e], NULL);
+        ops->scatter_add_rows(be, x, ye, idx, mi->d_exp_w + start[e]);
+    }
+    return 0;
+}
+
+int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *logits)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    struct loom_backend *be = m->be;
+    const struct loom_backend_ops *ops = be->ops;
+    int max_q = 0, max_ctx = 0, s;
+    if ((s = validate(m, b, &max_q, &max_ctx))) return s;
+    const int n = b->n_tokens, S = b->n_seqs;
+    const int D = c->head_dim, NH = c->num_heads, NKV = c->num_kv_heads;
+
+    ops->upload(be, mi->d_tokens, b->token_ids, sizeof(int32_t) * (size_t)n);
+    ops->upload(be, mi->d_positions, b->positions, sizeof(int32_t) * (size_t)n);
+    ops->upload(be, mi->d_slots, b->slot_mapping, sizeof(int32_t) * (size_t)n);
+    ops->upload(be, mi->d_query_start, b->query_start, sizeof(int32_t) * (size_t)(S + 1));
+    ops->upload(be, mi->d_seq_lens, b->seq_lens, sizeof(int32_t) * (size_t)S);
+    ops->upload(be, mi->d_block_tables, b->block_tables, sizeof(int32_t) * (size_t)S * (size_t)b->max_blocks_per_seq);
+    if (b->n_logits > 0) ops->upload(be, mi->d_logit_rows, b->logit_rows, sizeof(int32_t) * (size_t)b->n_logits);
+    struct loom_attn_meta meta = {
+        .n_tokens = n, .n_seqs = S, .block_size = m->block_size, .max_blocks_per_seq = b->max_blocks_per_seq,
+        .max_query_len = max_q, .max_seq_len = max_ctx, .positions = mi->d_positions, .slot_mapping = mi->d_slots,
+        .query_start = mi->d_query_start, .seq_lens = mi->d_seq_lens, .block_tables = mi->d_block_tables,
+        .h_query_start = b->query_start, .h_seq_lens = b->seq_lens,
+    };
+
+    struct loom_tensor x = rows(mi->x, n), h = rows(mi->h, n), q = rows(mi->q, n), k = rows(mi->k, n),
+                       v = rows(mi->v, n), attn = rows(mi->attn, n), o = rows(mi->o, n);
+    const float scale = (float)(1.0 / sqrt((double)D));
+    bool pending = false; /* o holds a sublayer output not yet added into x */
+
+    ops->embedding(be, x, mi->embed, mi->d_tokens);
+    for (int l = 0; l < c->num_layers; l++) {
+        const struct model_layer *L = &mi->layers[l];
+        if (pending) ops->add_rmsnorm(be, x, o, h, L->attn_norm, c->rms_norm_eps);
+        else ops->rmsnorm(be, h, x, L->attn_norm, c->rms_norm_eps);
+
+        ops->matmul(be, q, h, L->wq, L->bq.data ? &L->bq : NULL);
+        ops->matmul(be, k, h, L->wk, L->bk.data ? &L->bk : NULL);
+        ops->matmul(be, v, h, L->wv, L->bv.data ? &L->bv : NULL);
+        if (c->qk_norm) {
+            struct loom_tensor qh = loom_tensor_reshape(q, (int64_t)n * NH, D);
+            struct loom_tensor kh = loom_tensor_reshape(k, (int64_t)n * NKV, D);
+            ops->rmsnorm(be, qh, qh, L->q_norm, c->rms_norm_eps);
+            ops->rmsnorm(be, kh, kh, L->k_norm, c->rms_norm_eps);
+        }
+        ops->rope(be, q, mi->d_positions, NH, D, mi->inv_freq);
+        ops->rope(be, k, mi->d_positions, NKV, D, mi->inv_freq);
+        ops->kv_store(be, L->k_cache, L->v_cache, k, v, mi->d_slots);
+        ops->attention(be, attn, q, L->k_cache, L->v_cache, &meta, NH, NKV, D, scale, L->sliding_window);
+        ops->matmul(be, o, attn, L->wo, L->bo.data ? &L->bo : NULL);
+        ops->add_rmsnorm(be, x, o, h, L->mlp_norm, c->rms_norm_eps);
+
+        if (L->moe) {
+            if ((s = moe_block(m, L, x, h, n))) return s;
+            pending = false;
+        } else {
+            const int I = c->intermediate_size;
+            struct loom_tensor g = view(mi->gate, n, I), u = view(mi->up, n, I);
+            ops->matmul(be, g, h, L->gate, NULL);
+            ops->matmul(be, u, h, L->up, NULL);
+            ops->silu_mul(be, g, g, u);
+            ops->matmul(be, o, g, L->down, NULL);
+            pending = true;
+        }
+    }
+    if (pending) ops->add_rmsnorm(be, x, o, h, mi->final_norm, c->rms_norm_eps);
+    else ops->rmsnorm(be, h, x, mi->final_norm, c->rms_norm_eps);
+
+    if (b->n_logits > 0) {
+        struct loom_tensor hl = rows(mi->hl, b->n_logits);
+        ops->gather_rows(be, hl, h, mi->d_logit_rows);
+        const int64_t V = c->vocab_size;
+        for (int r0 = 0; r0 < b->n_logits; r0 += mi->logit_chunk) {
+            int cnt = b->n_logits - r0 < mi->logit_chunk ? b->n_logits - r0 : mi->logit_chunk;
+            struct loom_tensor lg = rows(mi->logits, cnt);
+            ops->matmul(be, lg, loom_tensor_rows(hl, r0, cnt), mi->lm_head, NULL);
+            ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)cnt * (size_t)V);
+        }
+    }
+    ops->synchronize(be);
+    return 0;
+}

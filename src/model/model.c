@@ -1,0 +1,338 @@
+/*
+ * model.c: loading a Hugging Face model folder onto a backend: config.json, the safetensors set,
+ * the architecture's tensor list (arch.c) bound by kind and checked by shape, optional dtype
+ * conversion of the weights (--dtype), the RoPE frequencies (default, linear, llama3), the
+ * workspace sized once for the largest batch, and the KV pool.
+ *
+ * A missing tensor, a tensor of the wrong shape or dtype, a broken config or a missing shard is a
+ * negative status with a message naming it; nothing here aborts on bad input. The forward pass is
+ * forward.c. Weights stay in the page cache: the CPU backend reads the mapping itself.
+ */
+#include "model/model_internal.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/arch.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *own(struct model_impl *mi, void *p)
+{
+    if (mi->n_owned == mi->cap_owned) {
+        mi->cap_owned = mi->cap_owned ? 2 * mi->cap_owned : 64;
+        mi->owned = loom_realloc(mi->owned, sizeof(void *) * (size_t)mi->cap_owned);
+    }
+    mi->owned[mi->n_owned++] = p;
+    return p;
+}
+
+static struct loom_tensor ws_tensor(struct loom_model *m, enum loom_dtype t, int64_t rows, int64_t cols)
+{
+    struct model_impl *mi = m->impl;
+    size_t bytes = (size_t)(rows * cols) * loom_dtype_size(t);
+    void *p = own(mi, m->be->ops->alloc(m->be, bytes ? bytes : 64));
+    return loom_tensor_2d(p, t, rows, cols);
+}
+
+static void *ws_buf(struct loom_model *m, size_t bytes)
+{
+    return own(m->impl, m->be->ops->alloc(m->be, bytes ? bytes : 64));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RoPE frequencies, as transformers' ROPE_INIT_FUNCTIONS compute them (in float32 there) */
+
+static void compute_inv_freq(const struct loom_model_config *c, float *inv)
+{
+    const int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        if (c->rope_type == LOOM_ROPE_LINEAR && c->rope_factor > 0) {
+            f /= c->rope_factor;
+        } else if (c->rope_type == LOOM_ROPE_LLAMA3) {
+            /* _compute_llama3_parameters: low frequencies scaled by 1/factor, high ones kept, the band
+             * between smoothly interpolated */
+            const double factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+            const double old_len = c->rope_original_max_pos;
+            const double low_freq_wavelen = old_len / lo, high_freq_wavelen = old_len / hi;
+            const double wavelen = 2.0 * M_PI / f;
+            double g = wavelen > low_freq_wavelen ? f / factor : f;
+            if (!(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen)) {
+                double smooth = (old_len / wavelen - lo) / (hi - lo);
+                g = (1.0 - smooth) * g / factor + smooth * g;
+            }
+            f = g;
+        }
+        inv[i] = (float)f;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, enum loom_dtype want,
+                       struct loom_tensor *out)
+{
+    struct model_impl *mi = m->impl;
+    struct loom_backend *be = m->be;
+    const struct loom_st_tensor *t = loom_safetensors_find(mi->st, s->name);
+    if (!t)
+        return loom_fail(LOOM_ENOTFOUND, "missing tensor '%s' (%s needs it; is a shard or the index incomplete?)",
+                         s->name, loom_arch_name(m->cfg.arch));
+    bool same = t->ndim == s->ndim && t->shape[0] == s->shape[0] && (s->ndim == 1 || t->shape[1] == s->shape[1]);
+    if (!same) {
+        char got[96] = "", exp[64];
+        int k = 0;
+        for (int d = 0; d < t->ndim && k < (int)sizeof(got) - 24; d++)
+            k += snprintf(got + k, sizeof(got) - (size_t)k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        if (s->ndim == 1) snprintf(exp, sizeof(exp), "%lld", (long long)s->shape[0]);
+        else snprintf(exp, sizeof(exp), "%lld, %lld", (long long)s->shape[0], (long long)s->shape[1]);
+        return loom_fail(LOOM_EINVAL, "tensor '%s' has shape [%s], but config.json implies [%s]", s->name, got, exp);
+    }
+    if (t->dtype != LOOM_DTYPE_F32 && t->dtype != LOOM_DTYPE_F16 && t->dtype != LOOM_DTYPE_BF16)
+        return loom_fail(LOOM_EUNSUPPORTED, "tensor '%s' is %s; loom reads F32, F16 and BF16 weights", s->name,
+                         loom_dtype_name(t->dtype));
+    int64_t rows = s->ndim == 1 ? 1 : s->shape[0], cols = s->ndim == 1 ? s->shape[0] : s->shape[1];
+    void *p = be->ops->upload_weights(be, t->data, t->nbytes);
+    const bool copied = p != t->data; /* the CPU reads the mapping itself; a GPU gets a copy */
+    struct loom_tensor w = loom_tensor_2d(p, t->dtype, rows, cols);
+    if (want != LOOM_DTYPE_COUNT && want != t->dtype) {
+        struct loom_tensor c = loom_tensor_2d(be->ops->alloc(be, (size_t)(rows * cols) * loom_dtype_size(want)), want,
+                                              rows, cols);
+        be->ops->convert(be, c, w);
+        if (copied) { /* the converted copy replaces the uploaded one */
+            be->ops->synchronize(be);
+            be->ops->free(be, p);
+        }
+        own(mi, c.data);
+        w = c;
+    } else if (copied) {
+        own(mi, p);
+    }
+    *out = w;
+    return 0;
+}
+
+static int bind_all(struct loom_model *m, enum loom_dtype want)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    struct loom_weight_spec *specs;
+    int n, s;
+    if ((s = loom_arch_weights(c, &specs, &n))) return s;
+    for (int i = 0; i < n; i++) {
+        const struct loom_weight_spec *sp = &specs[i];
+        struct model_layer *L = sp->layer >= 0 ? &mi->layers[sp->layer] : NULL;
+        struct loom_tensor *dst = NULL;
+        switch (sp->kind) {
+        case LOOM_W_EMBED: dst = &mi->embed; break;
+        case LOOM_W_FINAL_NORM: dst = &mi->final_norm; break;
+        case LOOM_W_LM_HEAD: dst = &mi->lm_head; break;
+        case LOOM_W_ATTN_NORM: dst = &L->attn_norm; break;
+        case LOOM_W_Q: dst = &L->wq; break;
+        case LOOM_W_K: dst = &L->wk; break;
+        case LOOM_W_V: dst = &L->wv; break;
+        case LOOM_W_O: dst = &L->wo; break;
+        case LOOM_W_Q_BIAS: dst = &L->bq; break;
+        case LOOM_W_K_BIAS: dst = &L->bk; break;
+        case LOOM_W_V_BIAS: dst = &L->bv; break;
+        case LOOM_W_O_BIAS: dst = &L->bo; break;
+        case LOOM_W_Q_NORM: dst = &L->q_norm; break;
+        case LOOM_W_K_NORM: dst = &L->k_norm; break;
+        case LOOM_W_MLP_NORM: dst = &L->mlp_norm; break;
+        case LOOM_W_GATE: dst = &L->gate; break;
+        case LOOM_W_UP: dst = &L->up; break;
+        case LOOM_W_DOWN: dst = &L->down; break;
+        case LOOM_W_ROUTER: dst = &L->router; break;
+        case LOOM_W_EXPERT_GATE: dst = &L->e_gate[sp->expert]; break;
+        case LOOM_W_EXPERT_UP: dst = &L->e_up[sp->expert]; break;
+        case LOOM_W_EXPERT_DOWN: dst = &L->e_down[sp->expert]; break;
+        default: break;
+        }
+        LOOM_ASSERT(dst != NULL);
+        if ((s = bind_weight(m, sp, want, dst))) {
+            free(specs);
+            return s;
+        }
+    }
+    free(specs);
+    if (c->tie_word_embeddings) mi->lm_head = mi->embed;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void alloc_workspace(struct loom_model *m)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    const enum loom_dtype act = m->be->act_dtype;
+    const int T = mi->max_tokens, H = c->hidden_size, QW = c->num_heads * c->head_dim,
+              KW = c->num_kv_heads * c->head_dim;
+    mi->x = ws_tensor(m, act, T, H);
+    mi->h = ws_tensor(m, act, T, H);
+    mi->q = ws_tensor(m, act, T, QW);
+    mi->k = ws_tensor(m, act, T, KW);
+    mi->v = ws_tensor(m, act, T, KW);
+    mi->attn = ws_tensor(m, act, T, QW);
+    mi->o = ws_tensor(m, act, T, H);
+    mi->gate = ws_tensor(m, act, T, mi->ffn_width);
+    mi->up = ws_tensor(m, act, T, mi->ffn_width);
+    mi->hl = ws_tensor(m, act, mi->max_logit_rows, H);
+    mi->logits = ws_tensor(m, LOOM_DTYPE_F32, mi->logit_chunk, c->vocab_size);
+    if (c->num_experts > 0) {
+        const int E = c->num_experts, K = c->num_experts_per_tok;
+        mi->router_logits = ws_tensor(m, LOOM_DTYPE_F32, T, E);
+        mi->d_route_ids = ws_buf(m, sizeof(int32_t) * (size_t)T * K);
+        mi->d_route_w = ws_buf(m, sizeof(float) * (size_t)T * K);
+        mi->d_exp_rows = ws_buf(m, sizeof(int32_t) * (size_t)T * K);
+        mi->d_exp_w = ws_buf(m, sizeof(float) * (size_t)T * K);
+        mi->xe = ws_tensor(m, act, T, H);
+        mi->ye = ws_tensor(m, act, T, H);
+        mi->h_route_ids = loom_malloc(sizeof(int32_t) * (size_t)T * K);
+        mi->h_exp_rows = loom_malloc(sizeof(int32_t) * (size_t)T * K);
+        mi->h_route_w = loom_malloc(sizeof(float) * (size_t)T * K);
+        mi->h_exp_w = loom_malloc(sizeof(float) * (size_t)T * K);
+        mi->h_exp_count = loom_malloc(sizeof(int) * (size_t)E);
+    }
+    mi->d_tokens = ws_buf(m, sizeof(int32_t) * (size_t)T);
+    mi->d_positions = ws_buf(m, sizeof(int32_t) * (size_t)T);
+    mi->d_slots = ws_buf(m, sizeof(int32_t) * (size_t)T);
+    mi->d_query_start = ws_buf(m, sizeof(int32_t) * (size_t)(mi->max_seqs + 1));
+    mi->d_seq_lens = ws_buf(m, sizeof(int32_t) * (size_t)mi->max_seqs);
+    mi->d_logit_rows = ws_buf(m, sizeof(int32_t) * (size_t)mi->max_logit_rows);
+}
+
+int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_model_options *opts,
+                    struct loom_model **out)
+{
+    int s;
+    *out = NULL;
+    struct loom_model *m = loom_calloc(1, sizeof(*m));
+    struct model_impl *mi = loom_calloc(1, sizeof(*mi));
+    m->be = be;
+    m->impl = mi;
+    struct loom_model_config *c = &m->cfg;
+    if ((s = loom_hf_config_load(dir, c))) {
+        loom_fail_context(s, "%s/config.json", dir);
+        goto fail;
+    }
+    if (opts->max_batch_tokens <= 0 || opts->max_batch_seqs <= 0 || opts->max_logit_rows < 0 ||
+        opts->max_model_len < 0) {
+        s = loom_fail(LOOM_EINVAL, "model options: max_batch_tokens (%d) and max_batch_seqs (%d) must be positive",
+                      opts->max_batch_tokens, opts->max_batch_seqs);
+        goto fail;
+    }
+    if (c->num_heads % c->num_kv_heads) {
+        s = loom_fail(LOOM_EINVAL, "%s/config.json: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                      dir, c->num_heads, c->num_kv_heads);
+        goto fail;
+    }
+    if (c->head_dim > 1024 || c->num_experts > 1024) {
+        s = loom_fail(LOOM_EUNSUPPORTED, "%s/config.json: head_dim %d / %d experts is beyond what loom supports (1024)",
+                      dir, c->head_dim, c->num_experts);
+        goto fail;
+    }
+    if ((s = loom_safetensors_open(dir, &mi->st))) {
+        loom_fail_context(s, "loading weights from %s", dir);
+        goto fail;
+    }
+    mi->layers = loom_calloc((size_t)c->num_layers, sizeof(struct model_layer));
+    for (int l = 0; l < c->num_layers; l++) {
+        struct model_layer *L = &mi->layers[l];
+        L->moe = loom_arch_layer_is_moe(c, l);
+        if (L->moe) {
+            L->e_gate = loom_calloc((size_t)c->num_experts, sizeof(struct loom_tensor));
+            L->e_up = loom_calloc((size_t)c->num_experts, sizeof(struct loom_tensor));
+            L->e_down = loom_calloc((size_t)c->num_experts, sizeof(struct loom_tensor));
+        }
+        /* Mistral/Mixtral: every layer; the Qwens: layers from max_window_layers on (use_sliding_window) */
+        bool qwen = c->arch == LOOM_ARCH_QWEN2 || c->arch == LOOM_ARCH_QWEN3 || c->arch == LOOM_ARCH_QWEN3_MOE;
+        L->sliding_window = c->sliding_window > 0 && (!qwen || l >= c->max_window_layers) ? c->sliding_window : 0;
+    }
+    if ((s = bind_all(m, opts->weight_dtype))) {
+        loom_fail_context(s, "%s", dir);
+        goto fail;
+    }
+
+    /* limits and workspace */
+    mi->max_tokens = opts->max_batch_tokens;
+    mi->max_seqs = opts->max_batch_seqs;
+    mi->max_logit_rows = opts->max_logit_rows > 0 ? opts->max_logit_rows : opts->max_batch_tokens;
+    mi->max_model_len = opts->max_model_len > 0 ? opts->max_model_len : c->max_position_embeddings;
+    if (mi->max_model_len <= 0) mi->max_model_len = 1 << 20;
+    int64_t chunk = ((int64_t)256 << 20) / ((int64_t)c->vocab_size * 4); /* <= 256 MiB of logits */
+    if (chunk < 1) chunk = 1;
+    mi->logit_chunk = (int)(chunk < mi->max_logit_rows ? chunk : mi->max_logit_rows);
+    mi->ffn_width = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
+    alloc_workspace(m);
+
+    float inv[512];
+    compute_inv_freq(c, inv);
+    mi->inv_freq = ws_tensor(m, LOOM_DTYPE_F32, 1, c->head_dim / 2);
+    be->ops->upload(be, mi->inv_freq.data, inv, sizeof(float) * (size_t)(c->head_dim / 2));
+    be->ops->synchronize(be);
+    *out = m;
+    return 0;
+fail:
+    loom_model_free(m);
+    return s;
+}
+
+void loom_model_free(struct loom_model *m)
+{
+    if (!m) return;
+    struct model_impl *mi = m->impl;
+    if (mi) {
+        if (m->be) m->be->ops->synchronize(m->be);
+        for (int i = 0; i < mi->n_owned; i++)
+            if (mi->owned[i]) m->be->ops->free(m->be, mi->owned[i]);
+        free(mi->owned);
+        if (mi->layers) {
+            for (int l = 0; l < m->cfg.num_layers; l++) {
+                free(mi->layers[l].e_gate);
+                free(mi->layers[l].e_up);
+                free(mi->layers[l].e_down);
+            }
+            free(mi->layers);
+        }
+        free(mi->h_route_ids);
+        free(mi->h_exp_rows);
+        free(mi->h_route_w);
+        free(mi->h_exp_w);
+        free(mi->h_exp_count);
+        loom_safetensors_close(mi->st);
+        free(mi);
+    }
+    free(m);
+}
+
+size_t loom_model_kv_bytes_per_block(const struct loom_model *m, int block_size)
+{
+    const struct loom_model_config *c = &m->cfg;
+    return 2 * (size_t)c->num_layers * (size_t)block_size * (size_t)c->num_kv_heads * (size_t)c->head_dim *
+           loom_dtype_size(m->be->act_dtype);
+}
+
+int loom_model_alloc_kv(struct loom_model *m, int num_blocks, int block_size)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    if (m->num_kv_blocks > 0) return loom_fail(LOOM_EINVAL, "the KV pool is already allocated (%d blocks)", m->num_kv_blocks);
+    if (num_blocks <= 0 || block_size <= 0 || (int64_t)num_blocks * block_size > INT32_MAX)
+        return loom_fail(LOOM_EINVAL, "KV pool of %d blocks of %d tokens: both must be positive and their product "
+                                      "below 2^31", num_blocks, block_size);
+    const int64_t slots = (int64_t)num_blocks * block_size, kw = (int64_t)c->num_kv_heads * c->head_dim;
+    for (int l = 0; l < c->num_layers; l++) {
+        mi->layers[l].k_cache = ws_tensor(m, m->be->act_dtype, slots, kw);
+        mi->layers[l].v_cache = ws_tensor(m, m->be->act_dtype, slots, kw);
+    }
+    int per_seq = (mi->max_model_len + block_size - 1) / block_size;
+    if (per_seq > num_blocks) per_seq = num_blocks;
+    mi->max_blocks_per_seq = per_seq;
+    mi->d_block_tables = ws_buf(m, sizeof(int32_t) * (size_t)mi->max_seqs * (size_t)per_seq);
+    m->num_kv_blocks = num_blocks;
+    m->block_size = block_size;
+    return 0;
+}

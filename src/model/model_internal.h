@@ -1,0 +1,74 @@
+/*
+ * model_internal.h: what model.c (loading, KV pool) and forward.c (the forward pass) share: the
+ * bound weights per layer, the KV pool, and the workspace allocated once at load. Every pointer
+ * here is backend memory unless its name starts with h_ (host memory).
+ * Shapes use T = max_batch_tokens, H = hidden_size, D = head_dim, V = vocab_size.
+ */
+#ifndef LOOM_MODEL_INTERNAL_H
+#define LOOM_MODEL_INTERNAL_H
+
+#include "format/safetensors.h"
+#include "model/model.h"
+
+struct model_layer {
+    struct loom_tensor attn_norm;            /* [1, H] */
+    struct loom_tensor wq, wk, wv, wo;       /* [heads * D, H], [kv_heads * D, H] x2, [H, heads * D] */
+    struct loom_tensor bq, bk, bv, bo;       /* biases [1, out] (data NULL when absent) */
+    struct loom_tensor q_norm, k_norm;       /* [1, D] (Qwen3) */
+    struct loom_tensor mlp_norm;             /* [1, H] */
+    struct loom_tensor gate, up, down;       /* dense: [I, H], [I, H], [H, I] */
+    bool moe;
+    struct loom_tensor router;               /* [E, H] */
+    struct loom_tensor *e_gate, *e_up, *e_down; /* [E] each: [MI, H], [MI, H], [H, MI] */
+    int sliding_window;                      /* 0 = full attention */
+    struct loom_tensor k_cache, v_cache;     /* [num_blocks * block_size, kv_heads * D], act dtype */
+};
+
+struct model_impl {
+    struct loom_safetensors *st;
+    struct model_layer *layers;
+    struct loom_tensor embed;      /* [V, H] */
+    struct loom_tensor final_norm; /* [1, H] */
+    struct loom_tensor lm_head;    /* [V, H]; the embedding itself when tied */
+    struct loom_tensor inv_freq;   /* F32 [1, D / 2], scaling applied */
+
+    /* backend buffers this model frees: converted weights, workspace, KV pool */
+    void **owned;
+    int n_owned, cap_owned;
+
+    /* limits the workspace was sized for */
+    int max_tokens, max_seqs, max_logit_rows, max_model_len;
+    int logit_chunk;        /* rows of logits computed per lm_head matmul */
+    int max_blocks_per_seq; /* block-table width the pool allows (set by alloc_kv) */
+    int ffn_width;          /* max(intermediate, moe_intermediate) */
+
+    /* activations, act dtype unless noted */
+    struct loom_tensor x;      /* [T, H] residual stream */
+    struct loom_tensor h;      /* [T, H] normed input of a sublayer */
+    struct loom_tensor q, k, v; /* [T, heads * D], [T, kv_heads * D] x2 */
+    struct loom_tensor attn;   /* [T, heads * D] */
+    struct loom_tensor o;      /* [T, H] sublayer output */
+    struct loom_tensor gate, up; /* [T, ffn_width] */
+    struct loom_tensor hl;     /* [max_logit_rows, H] the normed rows whose logits are wanted */
+    struct loom_tensor logits; /* F32 [logit_chunk, V] */
+
+    /* MoE (num_experts > 0) */
+    struct loom_tensor router_logits; /* F32 [T, E] */
+    int32_t *d_route_ids;             /* [T * k] */
+    float *d_route_w;                 /* [T * k] */
+    int32_t *d_exp_rows;              /* [T * k] token rows grouped by expert */
+    float *d_exp_w;                   /* [T * k] their routing weights */
+    struct loom_tensor xe, ye;        /* [T, H] an expert's gathered input and its output */
+    int32_t *h_route_ids, *h_exp_rows;
+    float *h_route_w, *h_exp_w;
+    int *h_exp_count;                 /* [E] */
+
+    /* step metadata */
+    int32_t *d_tokens, *d_positions, *d_slots; /* [T] */
+    int32_t *d_query_start;                    /* [S + 1] */
+    int32_t *d_seq_lens;                       /* [S] */
+    int32_t *d_block_tables;                   /* [S * max_blocks_per_seq] (alloc_kv) */
+    int32_t *d_logit_rows;                     /* [max_logit_rows] */
+};
+
+#endif
