@@ -1,11 +1,456 @@
-/* cmd_bench.c: placeholder until this command is written (see the open issues). */
+/*
+ * cmd_bench.c: `loom bench throughput|latency|serve`, the benchmarks of vLLM with vLLM's metric
+ * definitions (src/bench/metrics.h). Each prints a progress bar on stderr, a table on stdout and, with
+ * --json FILE, every figure plus the exact configuration (model, device, flags, git commit, machine).
+ * This file parses flags and formats results; the measuring lives in src/bench/.
+ */
+#include "bench/dataset.h"
+#include "bench/metrics.h"
+#include "bench/report.h"
+#include "bench/serve.h"
 #include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/util.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage_bench(FILE *f)
+{
+    fprintf(f,
+            "usage: loom bench throughput MODEL_DIR [--input-len N] [--output-len N] [--num-prompts N]\n"
+            "                  [--random-range-ratio R] [--dataset-path FILE.jsonl] [--json FILE] [engine flags]\n"
+            "       loom bench latency MODEL_DIR [--batch-size N] [--input-len N] [--output-len N]\n"
+            "                  [--num-iters-warmup N] [--num-iters N] [--json FILE] [engine flags]\n"
+            "       loom bench serve [--base-url URL | --host H --port P] [--endpoint /v1/completions]\n"
+            "                  [--model NAME] [--num-prompts N] [--random-input-len N] [--random-output-len N]\n"
+            "                  [--random-range-ratio R] [--random-prompt-type ids|text] [--vocab-size N]\n"
+            "                  [--tokenizer DIR] [--dataset-path FILE.jsonl] [--request-rate R|inf]\n"
+            "                  [--burstiness B] [--max-concurrency N] [--ignore-eos] [--temperature T]\n"
+            "                  [--goodput ttft:MS tpot:MS e2el:MS] [--percentile-metrics ttft,tpot,itl,e2el]\n"
+            "                  [--metric-percentiles 50,90,99] [--timeout S] [--request-timeout S]\n"
+            "                  [--api-key KEY] [--json FILE] [--save-detailed]\n"
+            "common: --seed S  --no-progress  --json FILE\n"
+            "engine flags (throughput, latency): --device --dtype --threads --max-model-len --max-num-seqs\n"
+            "  --max-num-batched-tokens --block-size --kv-cache-memory --num-kv-blocks --gpu-memory-utilization\n"
+            "  --enable-prefix-caching --no-enable-prefix-caching\n"
+            "Metric definitions and examples: bench/README.md.\n");
+}
+
+static volatile int g_stop;
+static void on_sigint(int sig)
+{
+    (void)sig;
+    if (g_stop) _exit(130); /* a second Ctrl-C: leave at once */
+    g_stop = 1;
+}
+
+#define VAL()                                                                                            \
+    do {                                                                                                 \
+        if (!(v = loom_cli_value(argc, argv, &i))) return 2;                                             \
+    } while (0)
+#define INT_FLAG(name, lo, hi, dst)                                                                      \
+    else if (!strcmp(f, name))                                                                           \
+    {                                                                                                    \
+        long long x_;                                                                                    \
+        VAL();                                                                                           \
+        if (loom_cli_int(f, v, lo, hi, &x_)) return 2;                                                   \
+        dst = (int)x_;                                                                                   \
+    }
+
+/* config.json facts worth recording: architectures[0], sizes, dtype */
+static json_t *model_json(const char *dir)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "dir", json_string(dir));
+    char *p = loom_path_join(dir, "config.json");
+    json_t *c = json_load_file(p, 0, NULL);
+    free(p);
+    if (c) {
+        json_t *arch = json_array_get(json_object_get(c, "architectures"), 0);
+        if (arch) json_object_set(m, "architecture", arch);
+        const char *keys[] = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                              "intermediate_size", "vocab_size", "torch_dtype", "num_experts",
+                              "num_local_experts"};
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+            json_t *v = json_object_get(c, keys[k]);
+            if (v) json_object_set(m, keys[k], v);
+        }
+        json_decref(c);
+    }
+    json_object_set_new(m, "weight_bytes", json_integer(loom_bench_weight_bytes(dir)));
+    return m;
+}
+
+static json_t *record_base(const char *kind, int argc, char **argv)
+{
+    json_t *root = json_object();
+    char ts[64];
+    loom_bench_timestamp(ts, sizeof(ts));
+    json_object_set_new(root, "benchmark", json_string(kind));
+    json_object_set_new(root, "date", json_string(ts));
+    json_object_set_new(root, "loom_version", json_string(LOOM_VERSION));
+    json_object_set_new(root, "argv", loom_bench_argv_json(argc, argv));
+    json_object_set_new(root, "git", loom_bench_git_json());
+    json_object_set_new(root, "machine", loom_bench_machine_json());
+    return root;
+}
+
+static int finish_json(json_t *root, const char *path)
+{
+    int rc = 0;
+    if (path) {
+        if (loom_bench_write_json(path, root)) {
+            fprintf(stderr, "loom: bench: %s\n", loom_last_error());
+            rc = 1;
+        } else {
+            fprintf(stderr, "loom: bench: wrote %s\n", path);
+        }
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* throughput and latency drive the engine in-process; they land with the engine (include/loom.h). */
+static int bench_needs_engine(const char *what)
+{
+    fprintf(stderr, "loom: bench %s: not available yet (it needs the engine, which this build does not have)\n",
+            what);
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* serve */
+
+static int vocab_from_dir(const char *dir)
+{
+    char *p = loom_path_join(dir, "config.json");
+    json_t *c = json_load_file(p, 0, NULL);
+    free(p);
+    json_t *v = c ? json_object_get(c, "vocab_size") : NULL;
+    /* multimodal configs keep it under text_config */
+    if (!v && c) v = json_object_get(json_object_get(c, "text_config"), "vocab_size");
+    int n = json_is_integer(v) ? (int)json_integer_value(v) : 0;
+    json_decref(c);
+    return n;
+}
+
+static void print_serve_stat(const char *title, const char *abbr, const struct loom_bench_stat *st,
+                             const struct loom_bench_serve_metrics *m)
+{
+    char label[96], w[16];
+    loom_bench_title(stdout, title, '-');
+    snprintf(label, sizeof(label), "Mean %s (ms):", abbr);
+    loom_bench_line_float(stdout, label, st->mean * 1000);
+    snprintf(label, sizeof(label), "Median %s (ms):", abbr);
+    loom_bench_line_float(stdout, label, st->median * 1000);
+    for (int i = 0; i < m->n_pct; i++) {
+        loom_bench_pct_word(m->pcts[i], w, sizeof(w));
+        snprintf(label, sizeof(label), "P%s %s (ms):", w, abbr);
+        loom_bench_line_float(stdout, label, st->pct[i] * 1000);
+    }
+}
+
+static int bench_serve(int argc, char **argv)
+{
+    struct loom_bench_serve_config cfg;
+    loom_bench_serve_config_default(&cfg);
+    const char *host = "127.0.0.1", *json_path = NULL, *dataset_path = NULL, *tokenizer = NULL;
+    const char *ptype = "ids", *pmetrics = "ttft,tpot,itl,e2el";
+    char base_buf[600];
+    int port = 8000, num_prompts = 1000, in_len = 1024, out_len = 128, vocab = 0;
+    double ratio = 0;
+    bool detailed = false, base_given = false;
+    struct loom_bench_slo slo;
+    loom_bench_slo_none(&slo);
+    double pcts[LOOM_BENCH_MAX_PCT] = {99};
+    int n_pct = 1;
+    long long seed = 0;
+    const char *v;
+    cfg.api_key = getenv("OPENAI_API_KEY");
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            usage_bench(stdout);
+            return 0;
+        }
+        INT_FLAG("--port", 1, 65535, port)
+        INT_FLAG("--num-prompts", 1, 10000000, num_prompts)
+        INT_FLAG("--random-input-len", 1, 1 << 24, in_len)
+        INT_FLAG("--random-output-len", 1, 1 << 24, out_len)
+        INT_FLAG("--vocab-size", 1, 1 << 30, vocab)
+        INT_FLAG("--max-concurrency", 1, 1000000, cfg.max_concurrency)
+        else if (!strcmp(f, "--base-url")) {
+            VAL();
+            cfg.base_url = v;
+            base_given = true;
+        } else if (!strcmp(f, "--host")) {
+            VAL();
+            host = v;
+        } else if (!strcmp(f, "--endpoint")) {
+            VAL();
+            cfg.endpoint = v;
+        } else if (!strcmp(f, "--model") || !strcmp(f, "--served-model-name")) {
+            VAL();
+            cfg.model = v;
+        } else if (!strcmp(f, "--api-key")) {
+            VAL();
+            cfg.api_key = v;
+        } else if (!strcmp(f, "--dataset-path")) {
+            VAL();
+            dataset_path = v;
+        } else if (!strcmp(f, "--dataset-name")) {
+            VAL();
+            if (strcmp(v, "random") && strcmp(v, "custom") && strcmp(v, "jsonl")) {
+                fprintf(stderr, "loom: --dataset-name: expected random or custom (with --dataset-path), got '%s'\n",
+                        v);
+                return 2;
+            }
+        } else if (!strcmp(f, "--tokenizer")) {
+            VAL();
+            tokenizer = v;
+        } else if (!strcmp(f, "--random-prompt-type")) {
+            VAL();
+            if (strcmp(v, "ids") && strcmp(v, "text")) {
+                fprintf(stderr, "loom: --random-prompt-type: expected ids or text, got '%s'\n", v);
+                return 2;
+            }
+            ptype = v;
+        } else if (!strcmp(f, "--random-range-ratio")) {
+            VAL();
+            if (loom_cli_float(f, v, 0, 0.999, &ratio)) return 2;
+        } else if (!strcmp(f, "--request-rate")) {
+            VAL();
+            if (!strcasecmp(v, "inf")) cfg.request_rate = INFINITY;
+            else if (loom_cli_float(f, v, 1e-6, 1e9, &cfg.request_rate)) return 2;
+        } else if (!strcmp(f, "--burstiness")) {
+            VAL();
+            if (!strcasecmp(v, "inf")) cfg.burstiness = INFINITY;
+            else if (loom_cli_float(f, v, 1e-3, 1e6, &cfg.burstiness)) return 2;
+        } else if (!strcmp(f, "--timeout")) {
+            VAL();
+            if (loom_cli_float(f, v, 0.001, 1e7, &cfg.timeout)) return 2;
+        } else if (!strcmp(f, "--request-timeout")) {
+            VAL();
+            if (loom_cli_float(f, v, 0.001, 1e7, &cfg.request_timeout)) return 2;
+        } else if (!strcmp(f, "--temperature")) {
+            VAL();
+            if (loom_cli_float(f, v, 0, 100, &cfg.temperature)) return 2;
+        } else if (!strcmp(f, "--ignore-eos")) {
+            cfg.ignore_eos = true;
+        } else if (!strcmp(f, "--seed")) {
+            VAL();
+            if (loom_cli_int(f, v, 0, (long long)9e18, &seed)) return 2;
+        } else if (!strcmp(f, "--goodput")) {
+            /* vLLM: --goodput KEY:VALUE [KEY:VALUE ...] */
+            int k = 0;
+            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) {
+                if (loom_bench_parse_goodput(argv[++i], &slo)) {
+                    fprintf(stderr, "loom: %s\n", loom_last_error());
+                    return 2;
+                }
+                k++;
+            }
+            if (!k) {
+                fprintf(stderr, "loom: --goodput needs KEY:MILLISECONDS items (e.g. ttft:500 tpot:50)\n");
+                return 2;
+            }
+        } else if (!strcmp(f, "--metric-percentiles")) {
+            VAL();
+            if (loom_bench_parse_percentiles(v, pcts, &n_pct)) {
+                fprintf(stderr, "loom: %s\n", loom_last_error());
+                return 2;
+            }
+        } else if (!strcmp(f, "--percentile-metrics")) {
+            VAL();
+            pmetrics = v;
+        } else if (!strcmp(f, "--json") || !strcmp(f, "--result-filename")) {
+            VAL();
+            json_path = v;
+        } else if (!strcmp(f, "--save-detailed")) {
+            detailed = true;
+        } else if (!strcmp(f, "--no-progress") || !strcmp(f, "--disable-tqdm")) {
+            cfg.progress = false;
+        } else {
+            fprintf(stderr, "loom: bench serve: unknown argument %s\n", f);
+            return 2;
+        }
+    }
+    if (!base_given) {
+        bool v6 = strchr(host, ':') != NULL;
+        snprintf(base_buf, sizeof(base_buf), "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+        cfg.base_url = base_buf;
+    }
+    cfg.seed = (uint64_t)seed;
+    if (!vocab && tokenizer) vocab = vocab_from_dir(tokenizer);
+    if (!vocab) vocab = 1000; /* ids below 1000 exist in every real vocabulary */
+
+    struct loom_bench_dataset ds = {0};
+    if (dataset_path) {
+        if (loom_bench_dataset_jsonl(&ds, dataset_path, num_prompts, out_len)) {
+            fprintf(stderr, "loom: bench serve: %s\n", loom_last_error());
+            return 2;
+        }
+    } else if (!strcmp(ptype, "text")) {
+        loom_bench_dataset_random_text(&ds, num_prompts, in_len, out_len, ratio, (uint64_t)seed);
+    } else {
+        loom_bench_dataset_random_ids(&ds, num_prompts, in_len, out_len, ratio, vocab, (uint64_t)seed);
+    }
+    cfg.dataset = &ds;
+
+    fprintf(stderr, "bench serve: %d requests to %s%s, request rate %g%s, max concurrency %d\n", ds.n, cfg.base_url,
+            cfg.endpoint, cfg.request_rate, isinf(cfg.request_rate) ? " (all at once)" : " req/s (Poisson)",
+            cfg.max_concurrency);
+    g_stop = 0;
+    cfg.stop = &g_stop;
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, &old);
+    struct loom_bench_serve_result res;
+    int rc = loom_bench_serve_run(&cfg, &res);
+    sigaction(SIGINT, &old, NULL);
+    if (rc) {
+        fprintf(stderr, "loom: bench serve: %s\n", loom_last_error());
+        loom_bench_dataset_free(&ds);
+        return rc == LOOM_EIO ? 1 : 2;
+    }
+    struct loom_bench_serve_metrics m;
+    loom_bench_serve_metrics_compute(res.reqs, res.n, res.duration, pcts, n_pct, &slo, &m);
+
+    /* the table, in vLLM's layout */
+    loom_bench_title(stdout, " Serving Benchmark Result ", '=');
+    loom_bench_line_int(stdout, "Successful requests:", m.completed);
+    loom_bench_line_int(stdout, "Failed requests:", m.failed);
+    for (int k = 1; k < LOOM_BENCH_FAIL_KINDS; k++) {
+        if (!res.fail_count[k]) continue;
+        char label[64];
+        snprintf(label, sizeof(label), "  of which %s:", loom_bench_fail_name((enum loom_bench_fail)k));
+        loom_bench_line_int(stdout, label, res.fail_count[k]);
+    }
+    if (cfg.max_concurrency) loom_bench_line_int(stdout, "Maximum request concurrency:", cfg.max_concurrency);
+    if (!isinf(cfg.request_rate)) loom_bench_line_float(stdout, "Request rate configured (RPS):", cfg.request_rate);
+    loom_bench_line_float(stdout, "Benchmark duration (s):", m.duration);
+    loom_bench_line_int(stdout, "Total input tokens:", m.total_input);
+    loom_bench_line_int(stdout, "Total generated tokens:", m.total_output);
+    loom_bench_line_float(stdout, "Request throughput (req/s):", m.request_throughput);
+    if (loom_bench_slo_any(&slo)) loom_bench_line_float(stdout, "Request goodput (req/s):", m.request_goodput);
+    loom_bench_line_float(stdout, "Output token throughput (tok/s):", m.output_throughput);
+    loom_bench_line_float(stdout, "Peak output token throughput (tok/s):", m.max_output_tokens_per_s);
+    loom_bench_line_int(stdout, "Peak concurrent requests:", m.max_concurrent_requests);
+    loom_bench_line_float(stdout, "Total Token throughput (tok/s):", m.total_token_throughput);
+    if (strstr(pmetrics, "ttft")) print_serve_stat("Time to First Token", "TTFT", &m.ttft, &m);
+    if (strstr(pmetrics, "tpot")) print_serve_stat("Time per Output Token (excl. 1st token)", "TPOT", &m.tpot, &m);
+    if (strstr(pmetrics, "itl")) print_serve_stat("Inter-token Latency", "ITL", &m.itl, &m);
+    if (strstr(pmetrics, "e2el")) print_serve_stat("End-to-end Latency", "E2EL", &m.e2el, &m);
+    loom_bench_title(stdout, "", '=');
+    if (m.completed && res.usage_reported < m.completed)
+        printf("note: %d of %d successful responses had no usage; their output tokens are counted as chunks\n",
+               m.completed - res.usage_reported, m.completed);
+    int shown = 0;
+    for (int i = 0; i < res.n && shown < 10; i++)
+        if (res.error[i]) {
+            if (!shown) printf("Failed requests (first 10):\n");
+            printf("  request %d: %s\n", i, res.error[i]);
+            shown++;
+        }
+    fflush(stdout);
+
+    /* the record, with vLLM's key names where vLLM has one */
+    json_t *root = record_base("serve", argc, argv);
+    json_t *conf = json_object();
+    json_object_set_new(conf, "base_url", json_string(cfg.base_url));
+    json_object_set_new(conf, "endpoint", json_string(cfg.endpoint));
+    json_object_set_new(conf, "dataset", json_string(dataset_path ? dataset_path : "random"));
+    json_object_set_new(conf, "random_prompt_type", json_string(dataset_path ? "file" : ptype));
+    json_object_set_new(conf, "random_input_len", json_integer(in_len));
+    json_object_set_new(conf, "random_output_len", json_integer(out_len));
+    json_object_set_new(conf, "random_range_ratio", json_real(ratio));
+    json_object_set_new(conf, "vocab_size", json_integer(vocab));
+    json_object_set_new(conf, "burstiness", json_real(cfg.burstiness));
+    json_object_set_new(conf, "ignore_eos", json_boolean(cfg.ignore_eos));
+    json_object_set_new(conf, "temperature", json_real(cfg.temperature));
+    json_object_set_new(conf, "timeout_s", json_real(cfg.timeout));
+    json_object_set_new(conf, "request_timeout_s", json_real(cfg.request_timeout));
+    json_object_set_new(conf, "seed", json_integer(seed));
+    json_t *gp = json_object();
+    if (slo.ttft >= 0) json_object_set_new(gp, "ttft", json_real(slo.ttft * 1000));
+    if (slo.tpot >= 0) json_object_set_new(gp, "tpot", json_real(slo.tpot * 1000));
+    if (slo.e2el >= 0) json_object_set_new(gp, "e2el", json_real(slo.e2el * 1000));
+    json_object_set_new(conf, "goodput_ms", gp);
+    json_object_set_new(root, "config", conf);
+    json_object_set_new(root, "backend", json_string("openai"));
+    json_object_set_new(root, "model_id", json_string(res.model ? res.model : ""));
+    if (tokenizer) json_object_set_new(root, "model", model_json(tokenizer));
+    json_object_set_new(root, "num_prompts", json_integer(ds.n));
+    json_object_set_new(root, "request_rate", isinf(cfg.request_rate) ? json_string("inf")
+                                                                      : json_real(cfg.request_rate));
+    json_object_set_new(root, "burstiness", json_real(cfg.burstiness));
+    json_object_set_new(root, "max_concurrency", cfg.max_concurrency ? json_integer(cfg.max_concurrency)
+                                                                     : json_null());
+    json_object_set_new(root, "duration", json_real(m.duration));
+    json_object_set_new(root, "completed", json_integer(m.completed));
+    json_object_set_new(root, "failed", json_integer(m.failed));
+    json_t *fails = json_object();
+    for (int k = 1; k < LOOM_BENCH_FAIL_KINDS; k++)
+        json_object_set_new(fails, loom_bench_fail_name((enum loom_bench_fail)k), json_integer(res.fail_count[k]));
+    json_object_set_new(root, "failures", fails);
+    json_object_set_new(root, "total_input_tokens", json_integer(m.total_input));
+    json_object_set_new(root, "total_output_tokens", json_integer(m.total_output));
+    json_object_set_new(root, "output_tokens_from_usage", json_integer(res.usage_reported));
+    json_object_set_new(root, "request_throughput", json_real(m.request_throughput));
+    json_object_set_new(root, "request_goodput", loom_bench_slo_any(&slo) ? json_real(m.request_goodput)
+                                                                          : json_null());
+    json_object_set_new(root, "output_throughput", json_real(m.output_throughput));
+    json_object_set_new(root, "total_token_throughput", json_real(m.total_token_throughput));
+    json_object_set_new(root, "max_output_tokens_per_s", json_real(m.max_output_tokens_per_s));
+    json_object_set_new(root, "max_concurrent_requests", json_integer(m.max_concurrent_requests));
+    loom_bench_stat_to_json(root, "ttft", &m.ttft, m.pcts, m.n_pct);
+    loom_bench_stat_to_json(root, "tpot", &m.tpot, m.pcts, m.n_pct);
+    loom_bench_stat_to_json(root, "itl", &m.itl, m.pcts, m.n_pct);
+    loom_bench_stat_to_json(root, "e2el", &m.e2el, m.pcts, m.n_pct);
+    json_t *errs = json_array();
+    for (int i = 0; i < res.n; i++)
+        if (res.error[i] && (detailed || json_array_size(errs) < 10)) json_array_append_new(errs, json_string(res.error[i]));
+    json_object_set_new(root, "errors", errs);
+    if (detailed) { /* vLLM's per-request arrays (seconds), in dataset order */
+        json_t *il = json_array(), *ol = json_array(), *tt = json_array(), *it = json_array(), *st = json_array();
+        for (int i = 0; i < res.n; i++) {
+            const struct loom_bench_req *q = &res.reqs[i];
+            json_array_append_new(il, json_integer(q->prompt_len));
+            json_array_append_new(ol, json_integer(loom_bench_req_output_tokens(q)));
+            json_array_append_new(tt, json_real(q->success ? q->ttft : 0));
+            json_t *one = json_array();
+            for (int k = 0; k < q->n_itl; k++) json_array_append_new(one, json_real(q->itl[k]));
+            json_array_append_new(it, one);
+            json_array_append_new(st, json_integer(res.http_status[i]));
+        }
+        json_object_set_new(root, "input_lens", il);
+        json_object_set_new(root, "output_lens", ol);
+        json_object_set_new(root, "ttfts", tt);
+        json_object_set_new(root, "itls", it);
+        json_object_set_new(root, "http_status", st);
+    }
+    loom_bench_serve_result_free(&res);
+    loom_bench_dataset_free(&ds);
+    return finish_json(root, json_path);
+}
 
 int loom_cmd_bench(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "loom: 'bench' is not implemented yet\n");
-    return 1;
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage_bench(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "throughput")) return bench_needs_engine("throughput");
+    if (!strcmp(argv[1], "latency")) return bench_needs_engine("latency");
+    if (!strcmp(argv[1], "serve")) return bench_serve(argc - 1, argv + 1);
+    fprintf(stderr, "loom: bench: unknown benchmark '%s' (expected throughput, latency or serve)\n", argv[1]);
+    usage_bench(stderr);
+    return 2;
 }
