@@ -4,7 +4,7 @@
 # cuda-labelled test, optionally times `loom bench`, and prints a short table last. Logs go to $OUT.
 #
 #   bash bench/cuda/device_check.sh                 # cmake + build here (needs nvcc, cmake, pkg-config deps)
-#   BIN=.dev/cuda-bin bash bench/cuda/device_check.sh   # run binaries built elsewhere (carried folder)
+#   BIN=.dev/cuda-bin bash bench/cuda/device_check.sh   # run what bench/cuda/pack.sh built here (carried)
 #   BENCH="cmd ..." ...                             # also run this benchmark command, its output to $OUT/bench.log
 #
 # LOOM_SHARED (the ../shared test data) defaults to .dev/shared: the device tool copies only the
@@ -37,6 +37,9 @@ if [ -z "$BIN" ]; then
         exit 1
     fi
     BIN=build-cuda/tests
+else
+    export LD_LIBRARY_PATH="$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LOOM_BIN="$PWD/$BIN/loom"
 fi
 echo "== build/setup took $(( $(date +%s) - T0 ))s"
 

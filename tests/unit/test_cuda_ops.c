@@ -734,6 +734,91 @@ static const struct attn_case attn_cases[] = {
     {"window-decode", 8, 4, 64, 64, 32, 4, {1, 1, 2, 1}, {1000, 63, 65, 64}},
 };
 
+/* New random values into an existing tensor (host copies and device memory). */
+static void dten_refill(struct dten *d, float scale)
+{
+    size_t n = (size_t)(d->t.rows * d->t.stride);
+    for (size_t i = 0; i < n; i++) d->h[i] = rng_f() * scale;
+    loom_convert_from_f32(d->raw, d->t.dtype, d->h, n);
+    loom_convert_to_f32(d->h, d->raw, d->t.dtype, n);
+    be->ops->upload(be, d->t.data, d->raw, n * loom_dtype_size(d->t.dtype));
+}
+
+/* The same decode-like chain of ops several times, with new inputs uploaded in between and the context
+ * growing by one each time: the backend records it, launches it op by op, captures a graph on the first
+ * repeat and replays it after; every iteration must still see its own inputs. */
+static void test_graph_replay(void)
+{
+    enum loom_dtype act = be->act_dtype;
+    const int H = 4, KV = 2, D = 64, C = H * D, bs = 16, n_pool = 16, max_blocks = 10;
+    struct dten x = dten_make(act, 1, C, C, 1.f), wn = dten_make(LOOM_DTYPE_F32, 1, C, C, 1.f);
+    struct dten w = dten_make(act, C, C, C, 0.2f);
+    struct dten kc = dten_make(act, n_pool * bs, KV * D, KV * D, 1.f), vc = dten_make(act, n_pool * bs, KV * D, KV * D, 1.f);
+    struct dten h = dten_out(act, 1, C, C), q = dten_out(act, 1, C, C), o = dten_out(act, 1, C, C);
+    float inv[32];
+    for (int i = 0; i < D / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / D);
+    struct loom_tensor tinv = loom_tensor_2d(dev_f32(inv, D / 2), LOOM_DTYPE_F32, 1, D / 2);
+    int32_t bt[10] = {7, 3, 12, 0, 9, 15, 1, 4, -1, -1}, qs[2] = {0, 1};
+    int32_t *d_bt = dev_i32(bt, max_blocks), *d_qs = dev_i32(qs, 2);
+    int32_t *d_pos = dev_i32(qs, 1), *d_sl = dev_i32(qs, 1), *d_slot = dev_i32(qs, 1);
+    for (int it = 0; it < 5; it++) {
+        int ctx = 100 + it;
+        int32_t pos = ctx - 1, sl = ctx, slot = bt[pos / bs] * bs + pos % bs;
+        dten_refill(&x, 1.f);
+        be->ops->upload(be, d_pos, &pos, 4);
+        be->ops->upload(be, d_sl, &sl, 4);
+        be->ops->upload(be, d_slot, &slot, 4);
+        struct loom_attn_meta meta = {.n_tokens = 1, .n_seqs = 1, .block_size = bs, .max_blocks_per_seq = max_blocks,
+                                      .max_query_len = 1, .max_seq_len = ctx, .positions = d_pos,
+                                      .slot_mapping = d_slot, .query_start = d_qs, .seq_lens = d_sl,
+                                      .block_tables = d_bt, .h_query_start = qs, .h_seq_lens = &sl};
+        be->ops->rmsnorm(be, h.t, x.t, wn.t, 1e-6f);
+        be->ops->matmul(be, q.t, h.t, w.t, NULL);
+        be->ops->rope(be, q.t, d_pos, H, D, tinv);
+        be->ops->attention(be, o.t, q.t, kc.t, vc.t, &meta, H, KV, D, 0.125f, 0);
+        be->ops->add(be, o.t, x.t);
+        float *got = dten_get(&o);
+        /* the CPU backend, same chain */
+        struct loom_tensor cx = cpu_act(&x), ch = cpu_out(1, C, C), cq = cpu_out(1, C, C), co = cpu_out(1, C, C);
+        struct loom_tensor ckc = cpu_act(&kc), cvc = cpu_act(&vc);
+        struct loom_attn_meta cm = meta;
+        cm.positions = &pos;
+        cm.slot_mapping = &slot;
+        cm.query_start = qs;
+        cm.seq_lens = &sl;
+        cm.block_tables = bt;
+        cpu->ops->rmsnorm(cpu, ch, cx, cpu_raw(&wn), 1e-6f);
+        cpu->ops->matmul(cpu, cq, ch, cpu_raw(&w), NULL);
+        cpu->ops->rope(cpu, cq, &pos, H, D, loom_tensor_2d(inv, LOOM_DTYPE_F32, 1, D / 2));
+        cpu->ops->attention(cpu, co, cq, ckc, cvc, &cm, H, KV, D, 0.125f, 0);
+        cpu->ops->add(cpu, co, cx);
+        char what[96];
+        snprintf(what, sizeof what, "graph replay: chain of 5 ops, iteration %d", it);
+        /* bf16 rounding at every step of the chain, not just one: a looser bound */
+        compare_cpu(what, got, co, act == LOOM_DTYPE_F32 ? 1e-5 : 2e-2);
+        free(got);
+        free(cx.data);
+        free(ch.data);
+        free(cq.data);
+        free(ckc.data);
+        free(cvc.data);
+    }
+    be->ops->free(be, tinv.data);
+    be->ops->free(be, d_bt);
+    be->ops->free(be, d_qs);
+    be->ops->free(be, d_pos);
+    be->ops->free(be, d_sl);
+    be->ops->free(be, d_slot);
+    dten_free(&x);
+    dten_free(&wn);
+    dten_free(&w);
+    dten_free(&kc);
+    dten_free(&vc);
+    dten_free(&h);
+    dten_free(&q);
+    dten_free(&o);
+}
+
 static void run_all(void)
 {
     enum loom_dtype act = be->act_dtype;
@@ -771,6 +856,7 @@ static void run_all(void)
     test_moe_route(5, 128, 8, false);
     test_moe_route(64, 60, 4, true);
     for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) test_attention(&attn_cases[i]);
+    test_graph_replay();
 }
 
 int main(void)

@@ -192,12 +192,12 @@ template <typename T>
 static void attn_launch(struct cuda_ctx *c, const struct attn_params *P, int n_tokens, size_t smem)
 {
     dim3 grid(n_tokens, P->n_kv_heads, P->n_splits);
-    attn_kernel<T><<<grid, ATTN_THREADS, smem, c->stream>>>(*P);
+    cuda_launch(c, attn_kernel<T>, grid, dim3(ATTN_THREADS), smem, *P);
     CUDA_LAUNCH_CHECK();
     if (P->n_splits > 1) {
         dim3 g2(n_tokens, P->n_heads);
         int th = P->head_dim < 128 ? 64 : 128;
-        attn_combine_kernel<T><<<g2, th, 0, c->stream>>>(P->out, P->out_stride, P->ws, P->n_heads, P->head_dim,
+        cuda_launch(c, attn_combine_kernel<T>, g2, dim3(th), 0, P->out, P->out_stride, P->ws, P->n_heads, P->head_dim,
                                                          P->n_splits);
         CUDA_LAUNCH_CHECK();
     }

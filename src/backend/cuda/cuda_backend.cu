@@ -10,6 +10,7 @@
  */
 #include "backend/cuda/cuda_common.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,7 @@ static void *cuda_alloc(struct loom_backend *be, size_t bytes)
 
 static void cuda_free(struct loom_backend *be, void *ptr)
 {
+    cuda_flush(cuda_ctx_of(be)); /* pending work may still read it */
     if (ptr) CUDA_CHECK(cudaFree(ptr));
 }
 
@@ -47,6 +49,7 @@ static void *cuda_upload_weights(struct loom_backend *be, const void *src, size_
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
     void *p = cuda_alloc(be, bytes);
+    cuda_flush(c);
     CUDA_CHECK(cudaMemcpyAsync(p, src, bytes, cudaMemcpyHostToDevice, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     return p;
@@ -54,19 +57,24 @@ static void *cuda_upload_weights(struct loom_backend *be, const void *src, size_
 
 static void cuda_upload(struct loom_backend *be, void *dst, const void *src, size_t bytes)
 {
-    /* From pageable memory this returns once src has been staged, so the caller may reuse src. */
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_ctx_of(be)->stream));
+    /* From pageable memory this returns once src has been staged, so the caller may reuse src. The
+     * pending segment goes first: it may read what dst holds now. */
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_flush(c);
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
 static void cuda_download(struct loom_backend *be, void *dst, const void *src, size_t bytes)
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_flush(c);
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
 static void cuda_synchronize(struct loom_backend *be)
 {
+    cuda_flush(cuda_ctx_of(be));
     CUDA_CHECK(cudaStreamSynchronize(cuda_ctx_of(be)->stream));
 }
 
@@ -81,7 +89,12 @@ static void cuda_memory_info(struct loom_backend *be, size_t *free_bytes, size_t
 static void cuda_destroy(struct loom_backend *be)
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_flush(c);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (getenv("LOOM_CUDA_STATS")) /* not loom_log: core links before this library */
+        fprintf(stderr, "cuda: %lld graph replays, %lld graphs built, %lld segments launched op by op\n",
+                c->graph_replays, c->graph_builds, c->direct_segments);
+    cuda_rec_free(c);
     CUBLAS_CHECK(cublasLtDestroy(c->cublaslt));
     CUBLAS_CHECK(cublasDestroy(c->cublas));
     CUDA_CHECK(cudaFree(c->cublas_ws));
@@ -149,6 +162,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     /* Default math: no TF32 for fp32 products; bf16/fp16 products accumulate in fp32 (CUBLAS_COMPUTE_32F). */
     CUBLAS_CHECK(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
     cuda_attention_init(c);
+    cuda_rec_init(c);
 
     struct loom_backend *be = (struct loom_backend *)loom_calloc(1, sizeof(*be));
     be->ops = &cuda_ops;

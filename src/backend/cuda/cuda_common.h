@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <string.h>
 
 extern "C" {
 #include "backend/backend.h"
@@ -41,6 +42,48 @@ extern "C" {
 /* cuBLAS workspace (set explicitly so that graph capture never allocates). */
 #define LOOM_CUDA_CUBLAS_WS_BYTES (32u << 20)
 
+/* ---- launch recording and graph replay (cuda_graph.cu) ----
+ * With graphs on, kernel launches and cuBLAS products are not issued at once: each op appends a record
+ * (function, grid, block, shared memory, a copy of its arguments) to the pending segment. The segment is
+ * issued at the next host-visible point (upload, download, synchronize, free): replayed as one CUDA graph
+ * when an identical segment (same kernels, same arguments) has been seen before, else launched op by
+ * op. A decode step whose batch keeps its shape is such a repeat: its metadata changes only in device
+ * memory, so its launches are byte-for-byte the same. */
+#define CUDA_REC_MAX_ARGS 24
+enum { CUDA_REC_KERNEL = 0, CUDA_REC_GEMM = 1 };
+
+struct cuda_rec {
+    int kind, n_args;
+    const void *func;          /* the kernel's host stub (CUDA_REC_KERNEL) */
+    unsigned grid[3], block[3];
+    unsigned smem;
+    uint32_t off;              /* the arguments start at blob + off */
+    uint16_t arg_off[CUDA_REC_MAX_ARGS]; /* each argument's offset from off */
+};
+
+struct cuda_gemm_args {        /* a cublasGemmEx call (alpha 1, beta 0) */
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    const void *a, *b;
+    void *c;
+    cudaDataType_t at, bt, ct;
+    int lda, ldb, ldc;
+    cublasComputeType_t compute;
+};
+
+struct cuda_graph_entry {
+    uint64_t hash, last_use;
+    int n_recs;
+    size_t blob_len;
+    struct cuda_rec *recs;     /* the segment this graph replays, for the exact comparison */
+    unsigned char *blob;
+    cudaGraphExec_t exec;
+};
+
+#define CUDA_GRAPH_CACHE 24
+#define CUDA_GRAPH_SEEN 64
+#define CUDA_GRAPH_MIN_OPS 4   /* shorter segments are launched directly */
+
 struct cuda_ctx {
     int device;
     int sm_count;
@@ -51,6 +94,17 @@ struct cuda_ctx {
     void *cublas_ws;             /* [LOOM_CUDA_CUBLAS_WS_BYTES] */
     float *attn_ws;              /* [LOOM_CUDA_ATTN_WS_BYTES / 4] split-softmax partials */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
+
+    bool graphs;                 /* record and replay (LOOM_CUDA_GRAPHS=0 turns it off) */
+    struct cuda_rec *recs;       /* [cap_recs] the pending segment */
+    int n_recs, cap_recs;
+    unsigned char *blob;         /* [blob_cap] its arguments */
+    size_t blob_len, blob_cap;
+    struct cuda_graph_entry cache[CUDA_GRAPH_CACHE];
+    uint64_t seen[CUDA_GRAPH_SEEN]; /* hashes of segments issued once, not yet graphs */
+    int n_seen;
+    uint64_t tick;
+    long long graph_replays, graph_builds, direct_segments; /* counters, for logs and tests */
 };
 
 static inline struct cuda_ctx *cuda_ctx_of(struct loom_backend *be)
@@ -86,6 +140,36 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x) { return _
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x)
 {
     return __float2bfloat16_rn(x);
+}
+
+void cuda_rec_init(struct cuda_ctx *c);
+void cuda_rec_free(struct cuda_ctx *c);
+/* Issues the pending segment (a graph replay, a new graph, or op by op). */
+void cuda_flush(struct cuda_ctx *c);
+struct cuda_rec *cuda_rec_new(struct cuda_ctx *c, int kind, const void *func, dim3 grid, dim3 block, unsigned smem);
+void *cuda_rec_arg(struct cuda_ctx *c, struct cuda_rec *r, size_t size, size_t align);
+/* A product through cuBLAS: recorded with graphs on, else issued now. */
+void cuda_gemm(struct cuda_ctx *c, const struct cuda_gemm_args *g);
+
+template <typename T> static inline void cuda_rec_put(struct cuda_ctx *c, struct cuda_rec *r, T v)
+{
+    memcpy(cuda_rec_arg(c, r, sizeof(T), alignof(T)), &v, sizeof(T));
+}
+
+/* Every kernel launch of the backend: kern<<<grid, block, smem, stream>>>(args...), or its record. */
+template <typename... KA, typename... A>
+static inline void cuda_launch(struct cuda_ctx *c, void (*kern)(KA...), dim3 grid, dim3 block, size_t smem,
+                               A... args)
+{
+    static_assert(sizeof...(KA) == sizeof...(A), "kernel argument count");
+    static_assert(sizeof...(KA) <= CUDA_REC_MAX_ARGS, "too many kernel arguments");
+    if (!c->graphs) {
+        kern<<<grid, block, smem, c->stream>>>(args...);
+        CUDA_LAUNCH_CHECK();
+        return;
+    }
+    struct cuda_rec *r = cuda_rec_new(c, CUDA_REC_KERNEL, (const void *)kern, grid, block, (unsigned)smem);
+    (cuda_rec_put<KA>(c, r, static_cast<KA>(args)), ...);
 }
 
 static inline bool cuda_is_float_dtype(enum loom_dtype t)

@@ -64,7 +64,7 @@ void cuda_embedding(struct loom_backend *be, struct loom_tensor out, struct loom
 {
     LOOM_ASSERT(out.cols == table.cols);
     if (out.rows == 0) return;
-    gather_rows_kernel<<<rows_grid(out.rows), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, 
         out.data, out.dtype, out.stride, table.data, table.dtype, table.stride, ids, out.cols);
     CUDA_LAUNCH_CHECK();
 }
@@ -73,7 +73,7 @@ void cuda_gather_rows(struct loom_backend *be, struct loom_tensor out, struct lo
 {
     LOOM_ASSERT(out.cols == x.cols);
     if (out.rows == 0) return;
-    gather_rows_kernel<<<rows_grid(out.rows), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, 
         out.data, out.dtype, out.stride, x.data, x.dtype, x.stride, idx, out.cols);
     CUDA_LAUNCH_CHECK();
 }
@@ -96,7 +96,7 @@ void cuda_scatter_add_rows(struct loom_backend *be, struct loom_tensor out, stru
 {
     LOOM_ASSERT(out.cols == x.cols);
     if (x.rows == 0) return;
-    scatter_add_rows_kernel<<<rows_grid(x.rows), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), scatter_add_rows_kernel, dim3(rows_grid(x.rows)), dim3(256), 0, 
         out.data, out.dtype, out.stride, x.data, x.dtype, x.stride, idx, weight, x.cols);
     CUDA_LAUNCH_CHECK();
 }
@@ -124,7 +124,7 @@ void cuda_rmsnorm(struct loom_backend *be, struct loom_tensor out, struct loom_t
 {
     LOOM_ASSERT(out.rows == x.rows && out.cols == x.cols && weight.rows * weight.cols == x.cols);
     if (x.rows == 0) return;
-    rmsnorm_kernel<<<rows_grid(x.rows), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), rmsnorm_kernel, dim3(rows_grid(x.rows)), dim3(256), 0, 
         out.data, out.dtype, out.stride, x.data, x.dtype, x.stride, weight.data, weight.dtype, x.cols, eps);
     CUDA_LAUNCH_CHECK();
 }
@@ -154,7 +154,7 @@ void cuda_add_rmsnorm(struct loom_backend *be, struct loom_tensor residual, stru
     LOOM_ASSERT(residual.rows == x.rows && residual.cols == x.cols && out.rows == x.rows && out.cols == x.cols);
     LOOM_ASSERT(weight.rows * weight.cols == x.cols);
     if (x.rows == 0) return;
-    add_rmsnorm_kernel<<<rows_grid(x.rows), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), add_rmsnorm_kernel, dim3(rows_grid(x.rows)), dim3(256), 0, 
         residual.data, residual.dtype, residual.stride, x.data, x.dtype, x.stride, out.data, out.dtype, out.stride,
         weight.data, weight.dtype, x.cols, eps);
     CUDA_LAUNCH_CHECK();
@@ -185,7 +185,7 @@ void cuda_rope(struct loom_backend *be, struct loom_tensor x, const int32_t *pos
     LOOM_ASSERT(x.cols >= (int64_t)n_heads * head_dim && head_dim % 2 == 0);
     LOOM_ASSERT(inv_freq.dtype == LOOM_DTYPE_F32 && inv_freq.rows * inv_freq.cols == head_dim / 2);
     if (x.rows == 0) return;
-    rope_kernel<<<rows_grid(x.rows), 128, 0, cuda_ctx_of(be)->stream>>>(x.data, x.dtype, x.stride, positions, n_heads,
+    cuda_launch(cuda_ctx_of(be), rope_kernel, dim3(rows_grid(x.rows)), dim3(128), 0, x.data, x.dtype, x.stride, positions, n_heads,
                                                                         head_dim, (const float *)inv_freq.data);
     CUDA_LAUNCH_CHECK();
 }
@@ -210,7 +210,7 @@ void cuda_kv_store(struct loom_backend *be, struct loom_tensor k_cache, struct l
     LOOM_ASSERT(k_cache.dtype == v_cache.dtype && k.dtype == v.dtype);
     LOOM_ASSERT(k.cols == k_cache.cols && v.cols == v_cache.cols && k.cols == v.cols && k.rows == v.rows);
     if (k.rows == 0) return;
-    kv_store_kernel<<<rows_grid(k.rows), 128, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), kv_store_kernel, dim3(rows_grid(k.rows)), dim3(128), 0, 
         k_cache.data, v_cache.data, k_cache.dtype, k_cache.stride, v_cache.stride, k.data, v.data, k.dtype, k.stride,
         v.stride, slot_mapping, k.cols);
     CUDA_LAUNCH_CHECK();
@@ -234,7 +234,7 @@ void cuda_silu_mul(struct loom_backend *be, struct loom_tensor out, struct loom_
     LOOM_ASSERT(out.rows == gate.rows && out.cols == gate.cols && up.rows == gate.rows && up.cols == gate.cols);
     int64_t total = out.rows * out.cols;
     if (total == 0) return;
-    silu_mul_kernel<<<flat_grid(total, 256), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), silu_mul_kernel, dim3(flat_grid(total, 256)), dim3(256), 0, 
         out.data, out.dtype, out.stride, gate.data, gate.dtype, gate.stride, up.data, up.dtype, up.stride, out.rows,
         out.cols);
     CUDA_LAUNCH_CHECK();
@@ -256,7 +256,7 @@ void cuda_add(struct loom_backend *be, struct loom_tensor x, struct loom_tensor 
     LOOM_ASSERT(x.rows == y.rows && x.cols == y.cols);
     int64_t total = x.rows * x.cols;
     if (total == 0) return;
-    add_kernel<<<flat_grid(total, 256), 256, 0, cuda_ctx_of(be)->stream>>>(x.data, x.dtype, x.stride, y.data, y.dtype,
+    cuda_launch(cuda_ctx_of(be), add_kernel, dim3(flat_grid(total, 256)), dim3(256), 0, x.data, x.dtype, x.stride, y.data, y.dtype,
                                                                            y.stride, x.rows, x.cols);
     CUDA_LAUNCH_CHECK();
 }
@@ -277,7 +277,7 @@ void cuda_convert(struct loom_backend *be, struct loom_tensor dst, struct loom_t
     LOOM_ASSERT(cuda_is_float_dtype(dst.dtype) && cuda_is_float_dtype(src.dtype));
     int64_t total = dst.rows * dst.cols;
     if (total == 0) return;
-    convert_kernel<<<flat_grid(total, 256), 256, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), convert_kernel, dim3(flat_grid(total, 256)), dim3(256), 0, 
         dst.data, dst.dtype, dst.stride, src.data, src.dtype, src.stride, dst.rows, dst.cols);
     CUDA_LAUNCH_CHECK();
 }
@@ -350,7 +350,7 @@ void cuda_moe_route(struct loom_backend *be, struct loom_tensor logits, int k, b
     LOOM_ASSERT(n_exp <= MOE_MAX_EXPERTS && k >= 1 && k <= n_exp);
     if (logits.rows == 0) return;
     int blocks = (int)((logits.rows + MOE_WARPS - 1) / MOE_WARPS);
-    moe_route_kernel<<<blocks, 32 * MOE_WARPS, 0, cuda_ctx_of(be)->stream>>>(
+    cuda_launch(cuda_ctx_of(be), moe_route_kernel, dim3(blocks), dim3(32 * MOE_WARPS), 0, 
         logits.data, logits.dtype, logits.stride, logits.rows, n_exp, k, renormalize, ids, weights);
     CUDA_LAUNCH_CHECK();
 }

@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
 }
 
 template <typename TW, typename TX>
-static void gemv_launch(cudaStream_t st, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+static void gemv_launch(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
                         const struct loom_tensor *bias)
 {
     int n = (int)x.rows, m = (int)w.rows, k = (int)x.cols;
@@ -160,7 +160,7 @@ static void gemv_launch(cudaStream_t st, struct loom_tensor out, struct loom_ten
     const TW *wp = (const TW *)w.data;
 #define GEMV_CASE(NB)                                                                                    \
     case NB:                                                                                             \
-        gemv_kernel<TW, TX, NB><<<grid, 32 * GEMV_WARPS, 0, st>>>(out.data, out.dtype, out.stride, xp, x.stride, wp, \
+        cuda_launch(c, gemv_kernel<TW, TX, NB>, dim3(grid), dim3(32 * GEMV_WARPS), 0, out.data, out.dtype, out.stride, xp, x.stride, wp, \
                                                                   w.stride, bd, bdt, m, k);              \
         break;
     switch (n) {
@@ -184,20 +184,20 @@ static bool aligned16(const void *p)
 }
 
 /* True (and launched) when the small-batch kernel applies. */
-static bool try_gemv(cudaStream_t st, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+static bool try_gemv(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
                      const struct loom_tensor *bias)
 {
     if (x.rows < 1 || x.rows > GEMV_MAX_N) return false;
     if (x.dtype == LOOM_DTYPE_F32 || w.dtype == LOOM_DTYPE_F32) return false;
     if (x.cols % 8 || x.stride % 8 || w.stride % 8 || !aligned16(x.data) || !aligned16(w.data)) return false;
     if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_BF16)
-        gemv_launch<__nv_bfloat16, __nv_bfloat16>(st, out, x, w, bias);
+        gemv_launch<__nv_bfloat16, __nv_bfloat16>(c, out, x, w, bias);
     else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_F16)
-        gemv_launch<__half, __half>(st, out, x, w, bias);
+        gemv_launch<__half, __half>(c, out, x, w, bias);
     else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_BF16)
-        gemv_launch<__half, __nv_bfloat16>(st, out, x, w, bias);
+        gemv_launch<__half, __nv_bfloat16>(c, out, x, w, bias);
     else if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_F16)
-        gemv_launch<__nv_bfloat16, __half>(st, out, x, w, bias);
+        gemv_launch<__nv_bfloat16, __half>(c, out, x, w, bias);
     else
         return false;
     return true;
@@ -219,25 +219,38 @@ void cuda_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_te
     LOOM_ASSERT(w.cols == k && out.rows == n && out.cols == m);
     LOOM_ASSERT(cuda_is_float_dtype(x.dtype) && cuda_is_float_dtype(w.dtype) && cuda_is_float_dtype(out.dtype));
     if (n == 0 || m == 0) return;
-    if (try_gemv(c->stream, out, x, w, bias)) return;
+    if (try_gemv(c, out, x, w, bias)) return;
 
     bool blas = x.dtype == w.dtype && (out.dtype == LOOM_DTYPE_F32 || out.dtype == x.dtype);
     if (blas) {
-        float alpha = 1.f, beta = 0.f;
         /* Default math mode (set at create): CUBLAS_COMPUTE_32F never uses TF32 for F32 operands. */
-        cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
-        CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, cuda_dt(w.dtype),
-                                  (int)w.stride, x.data, cuda_dt(x.dtype), (int)x.stride, &beta, out.data,
-                                  cuda_dt(out.dtype), (int)out.stride, ct, CUBLAS_GEMM_DEFAULT));
+        struct cuda_gemm_args g;
+        memset(&g, 0, sizeof g); /* records are compared as bytes, padding included */
+        g.ta = CUBLAS_OP_T;
+        g.tb = CUBLAS_OP_N;
+        g.m = m;
+        g.n = n;
+        g.k = k;
+        g.a = w.data;
+        g.at = cuda_dt(w.dtype);
+        g.lda = (int)w.stride;
+        g.b = x.data;
+        g.bt = cuda_dt(x.dtype);
+        g.ldb = (int)x.stride;
+        g.c = out.data;
+        g.ct = cuda_dt(out.dtype);
+        g.ldc = (int)out.stride;
+        g.compute = CUBLAS_COMPUTE_32F;
+        cuda_gemm(c, &g);
     } else {
         dim3 grid((m + MM_BN - 1) / MM_BN, (n + MM_BM - 1) / MM_BM);
-        matmul_generic_kernel<<<grid, 256, 0, c->stream>>>(out.data, out.dtype, out.stride, x.data, x.dtype, x.stride,
+        cuda_launch(c, matmul_generic_kernel, grid, dim3(256), 0, out.data, out.dtype, out.stride, x.data, x.dtype, x.stride,
                                                            w.data, w.dtype, w.stride, n, m, k);
         CUDA_LAUNCH_CHECK();
     }
     if (bias) {
         LOOM_ASSERT(bias->rows * bias->cols == m && cuda_is_float_dtype(bias->dtype));
-        add_bias_kernel<<<grid_for((int64_t)n * m, 256), 256, 0, c->stream>>>(out.data, out.dtype, out.stride,
+        cuda_launch(c, add_bias_kernel, dim3(grid_for((int64_t)n * m, 256)), dim3(256), 0, out.data, out.dtype, out.stride,
                                                                            bias->data, bias->dtype, n, m);
         CUDA_LAUNCH_CHECK();
     }

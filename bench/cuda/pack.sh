@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# pack.sh: prepares what the GPU machine runs, on the development machine (nvcc works here; only running
+# needs the GPU). Builds build-cuda for sm_90, copies the cuda tests (and loom, when it links) into
+# .dev/cuda-bin with the shared libraries the device image lacks (jansson, pcre2, utf8proc, microhttpd
+# and their dependencies; CUDA and libc come from the image) in .dev/cuda-bin/lib, and copies ../shared's
+# models and configs into .dev/shared. Both folders are git-ignored (.dev/); pass them in the device
+# tool's `carry` and run:  BIN=.dev/cuda-bin bash bench/cuda/device_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SHARED=${LOOM_SHARED_SRC:-../shared}
+
+cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+tests=$(ls tests/unit/test_cuda_*.c | xargs -n1 basename | sed 's/\.c$//')
+# shellcheck disable=SC2086
+cmake --build build-cuda -j "$(nproc)" --target $tests 2>&1 | grep -E "error:|Error " || true
+cmake --build build-cuda -j "$(nproc)" --target loom >/dev/null 2>&1 || echo "pack: loom did not build (only the tests travel)"
+
+rm -rf .dev/cuda-bin
+mkdir -p .dev/cuda-bin/lib
+for t in $tests; do
+    [ -x "build-cuda/tests/$t" ] && cp "build-cuda/tests/$t" .dev/cuda-bin/ || echo "pack: $t missing"
+done
+if [ -x build-cuda/loom ]; then cp build-cuda/loom .dev/cuda-bin/; fi
+
+mkdir -p .dev/shared
+for d in models configs; do
+    [ -d "$SHARED/$d" ] && { rm -rf ".dev/shared/$d"; cp -r "$SHARED/$d" .dev/shared/; }
+done
+
+# the forward-only decode benchmark (not in the CMake build): links the same static libraries
+cc -O2 -std=gnu11 -Iinclude -Isrc bench/cuda/decode_bench.c build-cuda/libloomcore.a build-cuda/libloomcuda.a \
+    -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ -ljansson -lpcre2-8 -lutf8proc -lmicrohttpd \
+    -lm -lpthread -o .dev/cuda-bin/decode_bench && echo "pack: decode_bench built"
+
+for b in .dev/cuda-bin/*; do
+    [ -f "$b" ] || continue
+    ldd "$b" | awk '/=>/ {print $3}' |
+        grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
+        while read -r lib; do cp -L -n "$lib" .dev/cuda-bin/lib/ 2>/dev/null || true; done || true
+done
+du -sh .dev/cuda-bin .dev/shared
+ls .dev/cuda-bin .dev/cuda-bin/lib
