@@ -88,10 +88,17 @@ static void fill_range(const struct fill_job *j)
     for (size_t i = 0; i < j->n; i++) {
         float v = j->ones ? 1.0f : j->std * normalish(j->key, j->first + i);
         switch (j->dtype) {
-        case LOOM_DTYPE_F32: ((float *)j->out)[i] = v; break;
-        case LOOM_DTYPE_BF16: ((uint16_t *)j->out)[i] = loom_f32_to_bf16(v); break;
-        case LOOM_DTYPE_F16: ((uint16_t *)j->out)[i] = loom_f32_to_f16(v); break;
-        default: LOOM_ASSERT(0);
+        case LOOM_DTYPE_F32:
+            ((float *)j->out)[i] = v;
+            break;
+        case LOOM_DTYPE_BF16:
+            ((uint16_t *)j->out)[i] = loom_f32_to_bf16(v);
+            break;
+        case LOOM_DTYPE_F16:
+            ((uint16_t *)j->out)[i] = loom_f32_to_f16(v);
+            break;
+        default:
+            LOOM_ASSERT(0);
         }
     }
 }
@@ -171,12 +178,18 @@ struct chunk_cursor {
 
 static bool next_chunk(struct chunk_cursor *c, void *buf, struct fill_job *job)
 {
-    while (c->i < c->end && c->at >= spec_numel(&c->specs[c->i])) c->i++, c->at = 0; /* also skips empty tensors */
+    while (c->i < c->end && c->at >= spec_numel(&c->specs[c->i]))
+        c->i++, c->at = 0; /* also skips empty tensors */
     if (c->i >= c->end) return false;
     const struct loom_weight_spec *sp = &c->specs[c->i];
     int64_t left = spec_numel(sp) - c->at;
-    *job = (struct fill_job){.out = buf, .dtype = c->dt, .key = tensor_key(c->seed, sp->name), .first = (uint64_t)c->at,
-                             .n = (size_t)(left < CHUNK_ELEMS ? left : CHUNK_ELEMS), .std = c->std, .ones = sp->is_norm};
+    *job = (struct fill_job){.out = buf,
+                             .dtype = c->dt,
+                             .key = tensor_key(c->seed, sp->name),
+                             .first = (uint64_t)c->at,
+                             .n = (size_t)(left < CHUNK_ELEMS ? left : CHUNK_ELEMS),
+                             .std = c->std,
+                             .ones = sp->is_norm};
     c->at += (int64_t)job->n;
     return true;
 }
@@ -223,8 +236,8 @@ static int write_shard(const char *path, const struct loom_weight_spec *specs, c
     if (!s) s = write_all(f, "        ", padded - hlen, path);
     free(hdr);
     /* chunks in file order; chunk k+1 is generated on the worker threads while chunk k is written */
-    struct chunk_cursor cc = {.specs = specs, .i = sh->first, .end = sh->first + sh->count, .dt = dt, .seed = seed,
-                              .std = std};
+    struct chunk_cursor cc = {
+        .specs = specs, .i = sh->first, .end = sh->first + sh->count, .dt = dt, .seed = seed, .std = std};
     struct fill_group *g = loom_calloc(1, sizeof(*g));
     struct fill_job cur;
     int b = 0;
@@ -274,7 +287,8 @@ static int write_generation_config(const char *dir, const struct loom_model_conf
 {
     json_t *g = json_object();
     if (cfg->bos_token_id >= 0) json_object_set_new(g, "bos_token_id", json_integer(cfg->bos_token_id));
-    if (cfg->n_eos > 0) json_object_set_new(g, "eos_token_id", token_ids_json(cfg->eos_token_ids, cfg->n_eos));
+    if (cfg->n_eos > 0)
+        json_object_set_new(g, "eos_token_id", token_ids_json(cfg->eos_token_ids, cfg->n_eos));
     int s = write_json(dir, "generation_config.json", g);
     json_decref(g);
     return s;
@@ -370,9 +384,9 @@ static const char chatml_template[] =
     "{%- endif %}\n";
 
 /* The Qwen2 pre-tokenizer split, so text splits the way a real byte-level BPE model splits it. */
-static const char qwen2_split_regex[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-    "\\s+(?!\\S)|\\s+";
+static const char qwen2_split_regex[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                        "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+                                        "\\s+(?!\\S)|\\s+";
 
 static int write_byte_level_tokenizer(const char *dir, const struct loom_model_config *cfg)
 {
@@ -464,7 +478,8 @@ static int make_dirs(const char *path)
         *q = '/';
     }
     int s = 0;
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) s = loom_fail(LOOM_EIO, "cannot create %s: %s", p, strerror(errno));
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+        s = loom_fail(LOOM_EIO, "cannot create %s: %s", p, strerror(errno));
     free(p);
     return s;
 }
@@ -479,7 +494,8 @@ static int read_init_range(const char *text, size_t len, float *std)
     if (v && !json_is_null(v)) {
         if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= 10))
             s = loom_fail(LOOM_EINVAL, "config.json: \"initializer_range\" must be a number in (0, 10]");
-        else *std = (float)json_number_value(v);
+        else
+            *std = (float)json_number_value(v);
     }
     json_decref(root);
     return s;
@@ -502,19 +518,25 @@ static int make_model(const char *config_path, const char *out_dir, uint64_t see
     if (!s) s = loom_arch_weights(&cfg, &specs, &n);
     enum loom_dtype dt = cfg.torch_dtype;
     if (!s && dtype_flag && strcmp(dtype_flag, "auto")) {
-        if (!strcmp(dtype_flag, "bfloat16")) dt = LOOM_DTYPE_BF16;
-        else if (!strcmp(dtype_flag, "float16")) dt = LOOM_DTYPE_F16;
-        else if (!strcmp(dtype_flag, "float32")) dt = LOOM_DTYPE_F32;
-        else s = loom_fail(LOOM_EINVAL, "--dtype: expected bfloat16, float16 or float32, got '%s'", dtype_flag);
+        if (!strcmp(dtype_flag, "bfloat16"))
+            dt = LOOM_DTYPE_BF16;
+        else if (!strcmp(dtype_flag, "float16"))
+            dt = LOOM_DTYPE_F16;
+        else if (!strcmp(dtype_flag, "float32"))
+            dt = LOOM_DTYPE_F32;
+        else
+            s = loom_fail(LOOM_EINVAL, "--dtype: expected bfloat16, float16 or float32, got '%s'",
+                          dtype_flag);
     }
     if (!s && dt != LOOM_DTYPE_F32 && dt != LOOM_DTYPE_F16 && dt != LOOM_DTYPE_BF16)
         s = loom_fail(LOOM_EUNSUPPORTED, "the config's torch_dtype %s cannot be written; pass --dtype",
                       loom_dtype_name(dt));
     if (!s && tokenizer && cfg.vocab_size < 259)
-        s = loom_fail(LOOM_EINVAL,
-                      "--tokenizer byte-level needs vocab_size >= 259 (256 bytes + 3 special tokens), the config "
-                      "has %d",
-                      cfg.vocab_size);
+        s = loom_fail(
+            LOOM_EINVAL,
+            "--tokenizer byte-level needs vocab_size >= 259 (256 bytes + 3 special tokens), the config "
+            "has %d",
+            cfg.vocab_size);
     if (!s) s = make_dirs(out_dir);
     if (s) {
         free(text);
@@ -546,8 +568,10 @@ static int make_model(const char *config_path, const char *out_dir, uint64_t see
         total += nb;
     }
     for (int k = 0; k < ns; k++) {
-        if (ns == 1) snprintf(shards[k].file, sizeof(shards[k].file), "model.safetensors");
-        else snprintf(shards[k].file, sizeof(shards[k].file), "model-%05d-of-%05d.safetensors", k + 1, ns);
+        if (ns == 1)
+            snprintf(shards[k].file, sizeof(shards[k].file), "model.safetensors");
+        else
+            snprintf(shards[k].file, sizeof(shards[k].file), "model-%05d-of-%05d.safetensors", k + 1, ns);
     }
     /* a stale index or single file from an earlier run with another shard count would confuse loaders */
     char *stale = loom_path_join(out_dir, ns == 1 ? "model.safetensors.index.json" : "model.safetensors");

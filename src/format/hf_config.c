@@ -36,8 +36,8 @@ const char *loom_arch_name(enum loom_arch a)
     return (unsigned)a < LOOM_ARCH_COUNT ? arch_names[a].arch : "unknown";
 }
 
-#define SUPPORTED_ARCHS                                                                                  \
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, "     \
+#define SUPPORTED_ARCHS                                                                                      \
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, "         \
     "Qwen3MoeForCausalLM"
 
 /* Upper bounds that keep every later size computation (products of these) far from overflow. */
@@ -138,11 +138,16 @@ static int get_token_ids(const json_t *obj, const char *key, int *ids, int *n)
 static int parse_dtype(const char *s, enum loom_dtype *out)
 {
     if (!strncmp(s, "torch.", 6)) s += 6;
-    if (!strcmp(s, "bfloat16") || !strcmp(s, "bf16")) *out = LOOM_DTYPE_BF16;
-    else if (!strcmp(s, "float16") || !strcmp(s, "half") || !strcmp(s, "fp16")) *out = LOOM_DTYPE_F16;
-    else if (!strcmp(s, "float32") || !strcmp(s, "float") || !strcmp(s, "fp32")) *out = LOOM_DTYPE_F32;
-    else if (!strcmp(s, "float64") || !strcmp(s, "double")) *out = LOOM_DTYPE_F64;
-    else return -1;
+    if (!strcmp(s, "bfloat16") || !strcmp(s, "bf16"))
+        *out = LOOM_DTYPE_BF16;
+    else if (!strcmp(s, "float16") || !strcmp(s, "half") || !strcmp(s, "fp16"))
+        *out = LOOM_DTYPE_F16;
+    else if (!strcmp(s, "float32") || !strcmp(s, "float") || !strcmp(s, "fp32"))
+        *out = LOOM_DTYPE_F32;
+    else if (!strcmp(s, "float64") || !strcmp(s, "double"))
+        *out = LOOM_DTYPE_F64;
+    else
+        return -1;
     return 0;
 }
 
@@ -169,8 +174,10 @@ static int parse_rope_object(const json_t *r, const char *what, struct loom_mode
         cfg->rope_type = LOOM_ROPE_DEFAULT;
         return 0;
     }
-    if (!strcmp(type, "linear")) cfg->rope_type = LOOM_ROPE_LINEAR;
-    else if (!strcmp(type, "llama3")) cfg->rope_type = LOOM_ROPE_LLAMA3;
+    if (!strcmp(type, "linear"))
+        cfg->rope_type = LOOM_ROPE_LINEAR;
+    else if (!strcmp(type, "llama3"))
+        cfg->rope_type = LOOM_ROPE_LLAMA3;
     else
         return loom_fail(LOOM_EUNSUPPORTED,
                          "%s type '%.40s' is not supported (supported: default, linear, llama3)", what, type);
@@ -262,9 +269,9 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
     c->rope_type = LOOM_ROPE_DEFAULT;
     c->rope_factor = 1.0;
     c->rms_norm_eps = a == LOOM_ARCH_MIXTRAL ? 1e-5f : 1e-6f;
-    c->max_position_embeddings = a == LOOM_ARCH_LLAMA ? 2048 : (a == LOOM_ARCH_MISTRAL || a == LOOM_ARCH_MIXTRAL)
-                                                                   ? 4096 * 32
-                                                                   : 32768;
+    c->max_position_embeddings = a == LOOM_ARCH_LLAMA                                 ? 2048
+                                 : (a == LOOM_ARCH_MISTRAL || a == LOOM_ARCH_MIXTRAL) ? 4096 * 32
+                                                                                      : 32768;
     c->max_window_layers = 28;
     c->decoder_sparse_step = 1;
     c->bos_token_id = -1;
@@ -281,14 +288,16 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
     if ((s = require_int(root, "vocab_size", 1, MAX_VOCAB, &c->vocab_size))) return s;
     if (a != LOOM_ARCH_QWEN3_MOE) {
         if ((s = require_int(root, "intermediate_size", 1, MAX_DIM, &c->intermediate_size))) return s;
-    } else if ((s = get_int(root, "intermediate_size", "intermediate_size", 1, MAX_DIM, &c->intermediate_size)) < 0) {
+    } else if ((s = get_int(root, "intermediate_size", "intermediate_size", 1, MAX_DIM,
+                            &c->intermediate_size)) < 0) {
         return s;
     }
     c->num_kv_heads = c->num_heads;
     if ((s = get_int(root, "num_key_value_heads", "num_key_value_heads", 1, MAX_HEADS, &c->num_kv_heads)) < 0)
         return s;
     if (c->num_heads % c->num_kv_heads)
-        return loom_fail(LOOM_EINVAL, "num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+        return loom_fail(LOOM_EINVAL,
+                         "num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                          c->num_heads, c->num_kv_heads);
     if ((s = get_int(root, "head_dim", "head_dim", 1, MAX_DIM, &c->head_dim)) < 0) return s;
     if (!s) {
@@ -299,7 +308,8 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
                              c->hidden_size, c->num_heads);
         c->head_dim = c->hidden_size / c->num_heads;
     }
-    if (c->head_dim % 2) return loom_fail(LOOM_EINVAL, "head_dim %d is odd; RoPE needs an even one", c->head_dim);
+    if (c->head_dim % 2)
+        return loom_fail(LOOM_EINVAL, "head_dim %d is odd; RoPE needs an even one", c->head_dim);
     if ((s = get_int(root, "max_position_embeddings", "max_position_embeddings", 1, MAX_POS,
                      &c->max_position_embeddings)) < 0)
         return s;
@@ -311,8 +321,10 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
     /* biases: Qwen2 always has q/k/v biases; Mistral and Mixtral never; Llama and Qwen3 follow the field */
     bool field_bias = false;
     if ((s = get_bool(root, "attention_bias", &field_bias)) < 0) return s;
-    if (a == LOOM_ARCH_QWEN2) c->attention_bias = true;
-    else if (a == LOOM_ARCH_LLAMA || a == LOOM_ARCH_QWEN3 || a == LOOM_ARCH_QWEN3_MOE) c->attention_bias = field_bias;
+    if (a == LOOM_ARCH_QWEN2)
+        c->attention_bias = true;
+    else if (a == LOOM_ARCH_LLAMA || a == LOOM_ARCH_QWEN3 || a == LOOM_ARCH_QWEN3_MOE)
+        c->attention_bias = field_bias;
     bool field_mlp_bias = false;
     if ((s = get_bool(root, "mlp_bias", &field_mlp_bias)) < 0) return s;
     if (a == LOOM_ARCH_LLAMA) c->mlp_bias = field_mlp_bias;
@@ -328,10 +340,12 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
     } else if (a != LOOM_ARCH_LLAMA) {
         bool use = false;
         if ((s = get_bool(root, "use_sliding_window", &use)) < 0) return s;
-        if ((s = get_int(root, "max_window_layers", "max_window_layers", 0, MAX_LAYERS, &c->max_window_layers)) < 0)
+        if ((s = get_int(root, "max_window_layers", "max_window_layers", 0, MAX_LAYERS,
+                         &c->max_window_layers)) < 0)
             return s;
         if (use) {
-            if (!sw) return loom_fail(LOOM_EINVAL, "use_sliding_window is true but \"sliding_window\" is null");
+            if (!sw)
+                return loom_fail(LOOM_EINVAL, "use_sliding_window is true but \"sliding_window\" is null");
             c->sliding_window = sw;
         }
     }
@@ -347,21 +361,24 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
         if ((s = require_int(root, "num_experts", 1, MAX_EXPERTS, &c->num_experts))) return s;
         if ((s = require_int(root, "moe_intermediate_size", 1, MAX_DIM, &c->moe_intermediate_size))) return s;
         if ((s = get_bool(root, "norm_topk_prob", &c->norm_topk_prob)) < 0) return s;
-        if ((s = get_int(root, "decoder_sparse_step", "decoder_sparse_step", 1, MAX_LAYERS, &c->decoder_sparse_step)) <
-            0)
+        if ((s = get_int(root, "decoder_sparse_step", "decoder_sparse_step", 1, MAX_LAYERS,
+                         &c->decoder_sparse_step)) < 0)
             return s;
         const json_t *ml = field(root, "mlp_only_layers");
         if (ml) {
-            if (!json_is_array(ml)) return loom_fail(LOOM_EINVAL, "\"mlp_only_layers\" must be a list of layers");
+            if (!json_is_array(ml))
+                return loom_fail(LOOM_EINVAL, "\"mlp_only_layers\" must be a list of layers");
             int cap = (int)(sizeof(c->mlp_only_layers) / sizeof(c->mlp_only_layers[0]));
             if (json_array_size(ml) > (size_t)cap)
-                return loom_fail(LOOM_EINVAL, "\"mlp_only_layers\" lists %zu layers, more than the %d loom supports",
+                return loom_fail(LOOM_EINVAL,
+                                 "\"mlp_only_layers\" lists %zu layers, more than the %d loom supports",
                                  json_array_size(ml), cap);
             size_t i;
             const json_t *e;
             json_array_foreach(ml, i, e)
             {
-                if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) >= c->num_layers)
+                if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                    json_integer_value(e) >= c->num_layers)
                     return loom_fail(LOOM_EINVAL, "\"mlp_only_layers\"[%zu] is not a layer in [0, %d)", i,
                                      c->num_layers);
                 c->mlp_only_layers[c->n_mlp_only_layers++] = (int)json_integer_value(e);
@@ -371,7 +388,8 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
     if (moe) {
         if ((s = require_int(root, "num_experts_per_tok", 1, MAX_EXPERTS, &c->num_experts_per_tok))) return s;
         if (c->num_experts_per_tok > c->num_experts)
-            return loom_fail(LOOM_EINVAL, "num_experts_per_tok (%d) is larger than the number of experts (%d)",
+            return loom_fail(LOOM_EINVAL,
+                             "num_experts_per_tok (%d) is larger than the number of experts (%d)",
                              c->num_experts_per_tok, c->num_experts);
     }
     if (a == LOOM_ARCH_QWEN3_MOE && c->intermediate_size == 0) {
@@ -380,8 +398,9 @@ static int parse_config(const json_t *root, struct loom_model_config *c)
             bool dense = (l + 1) % c->decoder_sparse_step != 0;
             for (int k = 0; k < c->n_mlp_only_layers; k++) dense |= c->mlp_only_layers[k] == l;
             if (dense)
-                return loom_fail(LOOM_EINVAL, "required field \"intermediate_size\" is missing (layer %d is "
-                                              "dense)",
+                return loom_fail(LOOM_EINVAL,
+                                 "required field \"intermediate_size\" is missing (layer %d is "
+                                 "dense)",
                                  l);
         }
     }
@@ -411,7 +430,8 @@ static int parse_text(const char *json, size_t len, struct loom_model_config *cf
     json_t *root = json_loadb(json, len, 0, &jerr);
     if (!root) {
         memset(cfg, 0, sizeof(*cfg));
-        return loom_fail(LOOM_EINVAL, "not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
+        return loom_fail(LOOM_EINVAL, "not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+                         jerr.column);
     }
     int s = parse_config(root, cfg);
     json_decref(root);
@@ -480,8 +500,8 @@ int loom_generation_config_load(const char *dir, struct loom_generation_config *
         json_t *root = json_loadb(text, len, 0, &jerr);
         free(text);
         if (!root) {
-            s = loom_fail(LOOM_EINVAL, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text, jerr.line,
-                          jerr.column);
+            s = loom_fail(LOOM_EINVAL, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                          jerr.line, jerr.column);
         } else {
             s = parse_generation(root, gen);
             json_decref(root);

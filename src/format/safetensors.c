@@ -25,8 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ST_MAX_HEADER (100u * 1000u * 1000u) /* the Python library's limit */
-#define ST_INDEX_NAME "model.safetensors.index.json"
+#define ST_MAX_HEADER  (100u * 1000u * 1000u) /* the Python library's limit */
+#define ST_INDEX_NAME  "model.safetensors.index.json"
 #define ST_SINGLE_NAME "model.safetensors"
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -71,14 +71,17 @@ static int parse_entry(const char *name, const json_t *v, const uint8_t *data, i
         return loom_fail(LOOM_EINVAL, "tensor '%s': header entry is not a JSON object", name);
     const json_t *jd = json_object_get(v, "dtype"), *js = json_object_get(v, "shape"),
                  *jo = json_object_get(v, "data_offsets");
-    if (!json_is_string(jd)) return loom_fail(LOOM_EINVAL, "tensor '%s': missing or non-string \"dtype\"", name);
+    if (!json_is_string(jd))
+        return loom_fail(LOOM_EINVAL, "tensor '%s': missing or non-string \"dtype\"", name);
     const char *dts = json_string_value(jd);
     if (loom_dtype_from_name(dts, &t->dtype) != 0)
-        return loom_fail(LOOM_EINVAL,
-                         "tensor '%s': dtype '%.32s' is not supported (expected F32, F16, BF16, F64, I64, I32, I8, "
-                         "U8 or BOOL)",
-                         name, dts);
-    if (!json_is_array(js)) return loom_fail(LOOM_EINVAL, "tensor '%s': missing or non-array \"shape\"", name);
+        return loom_fail(
+            LOOM_EINVAL,
+            "tensor '%s': dtype '%.32s' is not supported (expected F32, F16, BF16, F64, I64, I32, I8, "
+            "U8 or BOOL)",
+            name, dts);
+    if (!json_is_array(js))
+        return loom_fail(LOOM_EINVAL, "tensor '%s': missing or non-array \"shape\"", name);
     size_t nd = json_array_size(js);
     if (nd > LOOM_MAX_DIMS)
         return loom_fail(LOOM_EINVAL, "tensor '%s': %zu dimensions, more than the %d loom supports", name, nd,
@@ -108,21 +111,24 @@ static int parse_entry(const char *name, const json_t *v, const uint8_t *data, i
     int64_t begin, end;
     if (!json_is_array(jo) || json_array_size(jo) != 2 || json_u64(json_array_get(jo, 0), &begin) ||
         json_u64(json_array_get(jo, 1), &end))
-        return loom_fail(LOOM_EINVAL, "tensor '%s': \"data_offsets\" must be [begin, end], two non-negative integers",
+        return loom_fail(LOOM_EINVAL,
+                         "tensor '%s': \"data_offsets\" must be [begin, end], two non-negative integers",
                          name);
     if (begin > end)
         return loom_fail(LOOM_EINVAL, "tensor '%s': data_offsets [%lld, %lld] has begin after end", name,
                          (long long)begin, (long long)end);
     if (end > data_size)
-        return loom_fail(LOOM_EINVAL,
-                         "tensor '%s': data_offsets [%lld, %lld] run past the end of the data section (%lld bytes); "
-                         "the file is truncated or the header is wrong",
-                         name, (long long)begin, (long long)end, (long long)data_size);
+        return loom_fail(
+            LOOM_EINVAL,
+            "tensor '%s': data_offsets [%lld, %lld] run past the end of the data section (%lld bytes); "
+            "the file is truncated or the header is wrong",
+            name, (long long)begin, (long long)end, (long long)data_size);
     if (end - begin != nbytes)
-        return loom_fail(LOOM_EINVAL,
-                         "tensor '%s': data_offsets [%lld, %lld] hold %lld bytes but dtype %s and its shape need %lld",
-                         name, (long long)begin, (long long)end, (long long)(end - begin), loom_dtype_name(t->dtype),
-                         (long long)nbytes);
+        return loom_fail(
+            LOOM_EINVAL,
+            "tensor '%s': data_offsets [%lld, %lld] hold %lld bytes but dtype %s and its shape need %lld",
+            name, (long long)begin, (long long)end, (long long)(end - begin), loom_dtype_name(t->dtype),
+            (long long)nbytes);
     t->data = data + begin;
     t->nbytes = (size_t)nbytes;
     *begin_out = begin;
@@ -140,10 +146,12 @@ int loom_st_header_parse(const uint8_t *buf, size_t len, struct loom_st_header *
         return loom_fail(LOOM_EINVAL, "header length %llu is over the 100 MB limit (not a safetensors file?)",
                          (unsigned long long)hlen);
     if (hlen > len - 8)
-        return loom_fail(LOOM_EINVAL, "header length %llu is larger than the rest of the file (%zu bytes); truncated?",
+        return loom_fail(LOOM_EINVAL,
+                         "header length %llu is larger than the rest of the file (%zu bytes); truncated?",
                          (unsigned long long)hlen, len - 8);
-    if (hlen < 2) return loom_fail(LOOM_EINVAL, "header length %llu is too short for a JSON object",
-                                   (unsigned long long)hlen);
+    if (hlen < 2)
+        return loom_fail(LOOM_EINVAL, "header length %llu is too short for a JSON object",
+                         (unsigned long long)hlen);
     const uint8_t *data = buf + 8 + hlen;
     int64_t data_size = (int64_t)(len - 8 - hlen);
 
@@ -152,8 +160,8 @@ int loom_st_header_parse(const uint8_t *buf, size_t len, struct loom_st_header *
     if (!root) {
         if (strstr(jerr.text, "duplicate object key"))
             return loom_fail(LOOM_EINVAL, "header names a tensor twice (%s)", jerr.text);
-        return loom_fail(LOOM_EINVAL, "header is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
-                         jerr.column);
+        return loom_fail(LOOM_EINVAL, "header is not valid JSON: %s (line %d, column %d)", jerr.text,
+                         jerr.line, jerr.column);
     }
     if (!json_is_object(root)) {
         json_decref(root);
@@ -195,11 +203,12 @@ int loom_st_header_parse(const uint8_t *buf, size_t len, struct loom_st_header *
         for (int i = 0; i < n; i++) {
             if (spans[i].begin == spans[i].end) continue;
             if (prev >= 0 && spans[i].begin < prev_end) {
-                status = loom_fail(LOOM_EINVAL, "tensors '%s' and '%s' overlap in the data section ([%lld, %lld] and "
-                                                "[%lld, %lld])",
-                                   ts[spans[prev].idx].name, ts[spans[i].idx].name,
-                                   (long long)spans[prev].begin, (long long)prev_end, (long long)spans[i].begin,
-                                   (long long)spans[i].end);
+                status =
+                    loom_fail(LOOM_EINVAL,
+                              "tensors '%s' and '%s' overlap in the data section ([%lld, %lld] and "
+                              "[%lld, %lld])",
+                              ts[spans[prev].idx].name, ts[spans[i].idx].name, (long long)spans[prev].begin,
+                              (long long)prev_end, (long long)spans[i].begin, (long long)spans[i].end);
                 break;
             }
             prev = i;
@@ -244,8 +253,9 @@ static int map_file(const char *path, struct st_file *f)
 {
     memset(f, 0, sizeof(*f));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return loom_fail(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open %s: %s", path,
-                                 strerror(errno));
+    if (fd < 0)
+        return loom_fail(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open %s: %s", path,
+                         strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -370,8 +380,8 @@ static int open_index(struct loom_safetensors *st, const char *dir, const char *
     json_object_foreach(wm, key, val)
     {
         if (!json_is_string(val) || !shard_name_ok(json_string_value(val))) {
-            s = loom_fail(LOOM_EINVAL, "%s: weight_map entry for tensor '%s' is not a shard file name", index_path,
-                          key);
+            s = loom_fail(LOOM_EINVAL, "%s: weight_map entry for tensor '%s' is not a shard file name",
+                          index_path, key);
             break;
         }
         const char *fn = json_string_value(val);
@@ -394,8 +404,9 @@ static int open_index(struct loom_safetensors *st, const char *dir, const char *
                         break;
                     }
                 }
-                s = loom_fail(LOOM_ENOTFOUND, "%s names shard %s (e.g. for tensor '%s'), but %s does not exist",
-                              index_path, names[k], example, p);
+                s = loom_fail(LOOM_ENOTFOUND,
+                              "%s names shard %s (e.g. for tensor '%s'), but %s does not exist", index_path,
+                              names[k], example, p);
             } else {
                 s = map_file(p, &st->files[k]);
                 if (!s) st->n_files = k + 1;
@@ -418,7 +429,8 @@ static int open_index(struct loom_safetensors *st, const char *dir, const char *
             }
             bool in_file = false;
             if (k >= 0 && f)
-                for (int j = 0; j < f->hdr.n_tensors && !in_file; j++) in_file = st->tensors[k] == &f->hdr.tensors[j];
+                for (int j = 0; j < f->hdr.n_tensors && !in_file; j++)
+                    in_file = st->tensors[k] == &f->hdr.tensors[j];
             if (!in_file) {
                 s = loom_fail(LOOM_ENOTFOUND, "%s names tensor '%s' in %s, but that file has no such tensor",
                               index_path, key, f ? f->path : fn);
@@ -486,7 +498,8 @@ const struct loom_st_tensor *loom_safetensors_find(const struct loom_safetensors
 /* ---------------------------------------------------------------------------------------------- */
 /* Writer */
 
-int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensors, int n, const char *metadata_json)
+int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensors, int n,
+                           const char *metadata_json)
 {
     json_t *root = json_object();
     if (metadata_json) {
@@ -517,7 +530,8 @@ int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensor
         if (json_object_get(root, t->name) || !strcmp(t->name, "__metadata__")) {
             json_decref(shape);
             json_decref(root);
-            return loom_fail(LOOM_EINVAL, "writing %s: tensor name '%s' is repeated or reserved", path, t->name);
+            return loom_fail(LOOM_EINVAL, "writing %s: tensor name '%s' is repeated or reserved", path,
+                             t->name);
         }
         json_t *e = json_object();
         json_object_set_new(e, "dtype", json_string(loom_dtype_name(t->dtype)));

@@ -65,23 +65,27 @@ int loom_arch_weights(const struct loom_model_config *cfg, struct loom_weight_sp
 {
     *specs = NULL;
     *n = 0;
-    if ((unsigned)cfg->arch >= LOOM_ARCH_COUNT) return loom_fail(LOOM_EUNSUPPORTED, "unknown architecture %d", cfg->arch);
+    if ((unsigned)cfg->arch >= LOOM_ARCH_COUNT)
+        return loom_fail(LOOM_EUNSUPPORTED, "unknown architecture %d", cfg->arch);
     if (cfg->mlp_bias)
-        return loom_fail(LOOM_EUNSUPPORTED, "%s with mlp_bias=true is not supported (no MLP bias tensors in loom)",
+        return loom_fail(LOOM_EUNSUPPORTED,
+                         "%s with mlp_bias=true is not supported (no MLP bias tensors in loom)",
                          loom_arch_name(cfg->arch));
     if (cfg->hidden_size <= 0 || cfg->num_layers <= 0 || cfg->num_heads <= 0 || cfg->num_kv_heads <= 0 ||
         cfg->head_dim <= 0 || cfg->vocab_size <= 0)
-        return loom_fail(LOOM_EINVAL, "model config has a non-positive size (hidden %d, layers %d, heads %d/%d, "
-                                      "head_dim %d, vocab %d)",
+        return loom_fail(LOOM_EINVAL,
+                         "model config has a non-positive size (hidden %d, layers %d, heads %d/%d, "
+                         "head_dim %d, vocab %d)",
                          cfg->hidden_size, cfg->num_layers, cfg->num_heads, cfg->num_kv_heads, cfg->head_dim,
                          cfg->vocab_size);
     const bool is_moe_arch = cfg->arch == LOOM_ARCH_MIXTRAL || cfg->arch == LOOM_ARCH_QWEN3_MOE;
     if (is_moe_arch && (cfg->num_experts <= 0 || cfg->moe_intermediate_size <= 0))
-        return loom_fail(LOOM_EINVAL, "%s needs num_experts and an expert width > 0", loom_arch_name(cfg->arch));
+        return loom_fail(LOOM_EINVAL, "%s needs num_experts and an expert width > 0",
+                         loom_arch_name(cfg->arch));
 
     const int64_t H = cfg->hidden_size, D = cfg->head_dim, Q = (int64_t)cfg->num_heads * D,
-                  KV = (int64_t)cfg->num_kv_heads * D, I = cfg->intermediate_size, MI = cfg->moe_intermediate_size,
-                  V = cfg->vocab_size, E = cfg->num_experts;
+                  KV = (int64_t)cfg->num_kv_heads * D, I = cfg->intermediate_size,
+                  MI = cfg->moe_intermediate_size, V = cfg->vocab_size, E = cfg->num_experts;
     /* biases: Qwen2 has them on q/k/v only; Llama/Qwen3 with attention_bias on all four projections */
     const bool qkv_bias = cfg->attention_bias;
     const bool o_bias = cfg->attention_bias && cfg->arch != LOOM_ARCH_QWEN2;
@@ -109,20 +113,22 @@ int loom_arch_weights(const struct loom_model_config *cfg, struct loom_weight_sp
             if (cfg->arch == LOOM_ARCH_MIXTRAL) {
                 add(&l, LOOM_W_ROUTER, i, -1, E, H, "model.layers.%d.block_sparse_moe.gate.weight", i);
                 for (int e = 0; e < E; e++) {
-                    add(&l, LOOM_W_EXPERT_GATE, i, e, MI, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
-                        i, e);
-                    add(&l, LOOM_W_EXPERT_UP, i, e, MI, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", i,
-                        e);
+                    add(&l, LOOM_W_EXPERT_GATE, i, e, MI, H,
+                        "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", i, e);
+                    add(&l, LOOM_W_EXPERT_UP, i, e, MI, H,
+                        "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", i, e);
                     add(&l, LOOM_W_EXPERT_DOWN, i, e, H, MI,
                         "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", i, e);
                 }
             } else {
                 add(&l, LOOM_W_ROUTER, i, -1, E, H, "model.layers.%d.mlp.gate.weight", i);
                 for (int e = 0; e < E; e++) {
-                    add(&l, LOOM_W_EXPERT_GATE, i, e, MI, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", i, e);
-                    add(&l, LOOM_W_EXPERT_UP, i, e, MI, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", i, e);
-                    add(&l, LOOM_W_EXPERT_DOWN, i, e, H, MI, "model.layers.%d.mlp.experts.%d.down_proj.weight", i,
+                    add(&l, LOOM_W_EXPERT_GATE, i, e, MI, H,
+                        "model.layers.%d.mlp.experts.%d.gate_proj.weight", i, e);
+                    add(&l, LOOM_W_EXPERT_UP, i, e, MI, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", i,
                         e);
+                    add(&l, LOOM_W_EXPERT_DOWN, i, e, H, MI,
+                        "model.layers.%d.mlp.experts.%d.down_proj.weight", i, e);
                 }
             }
         } else {

@@ -160,8 +160,8 @@ static void test_shared_configs(void)
                       c.tie_word_embeddings == m[i].tied && c.torch_dtype == m[i].dtype,
                   "%s: fields differ from its config.json", m[i].dir);
     }
-    CHECK(loom_hf_config_load(test_shared("models/qwen2-tiny"), &c) == 0 && c.attention_bias && c.n_eos == 1 &&
-          c.eos_token_ids[0] == 2 && c.bos_token_id == 1 && c.max_window_layers == 21);
+    CHECK(loom_hf_config_load(test_shared("models/qwen2-tiny"), &c) == 0 && c.attention_bias &&
+          c.n_eos == 1 && c.eos_token_ids[0] == 2 && c.bos_token_id == 1 && c.max_window_layers == 21);
     CHECK(loom_hf_config_load(test_shared("models/qwen3-tiny"), &c) == 0 && c.qk_norm && !c.attention_bias);
     CHECK(loom_hf_config_load(test_shared("models/mistral-tiny-f16"), &c) == 0 && c.sliding_window == 0 &&
           c.rope_theta == 1e6 && !c.attention_bias);
@@ -170,14 +170,15 @@ static void test_shared_configs(void)
           c.rope_theta == 500000.0 && c.max_position_embeddings == 131072);
     CHECK(loom_hf_config_load(test_shared("models/mixtral-tiny"), &c) == 0 && c.num_experts == 4 &&
           c.num_experts_per_tok == 2 && c.moe_intermediate_size == 192 && c.norm_topk_prob);
-    CHECK(loom_hf_config_load(test_shared("models/stories260K"), &c) == 0 && fabs(c.rms_norm_eps - 1e-5) < 1e-12 &&
-          c.max_position_embeddings == 512);
+    CHECK(loom_hf_config_load(test_shared("models/stories260K"), &c) == 0 &&
+          fabs(c.rms_norm_eps - 1e-5) < 1e-12 && c.max_position_embeddings == 512);
     CHECK(loom_hf_config_load("/nonexistent-loom-dir", &c) == LOOM_EIO);
     CHECK(strstr(loom_last_error(), "/nonexistent-loom-dir/config.json") != NULL);
 }
 
-#define BASE                                                                                             \
-    "\"hidden_size\": 64, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, " \
+#define BASE                                                                                                 \
+    "\"hidden_size\": 64, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": "   \
+    "2, "                                                                                                    \
     "\"vocab_size\": 300, \"intermediate_size\": 96"
 
 static void test_inline(void)
@@ -185,10 +186,12 @@ static void test_inline(void)
     struct loom_model_config c;
 
     /* transformers 5: rope_parameters and dtype */
-    CHECK(parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"dtype\": \"bfloat16\", "
-                "\"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": 500000.0, \"factor\": 32.0, "
-                "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}",
-                &c) == 0);
+    CHECK(
+        parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"dtype\": \"bfloat16\", "
+              "\"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": 500000.0, \"factor\": 32.0, "
+              "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": "
+              "8192}}",
+              &c) == 0);
     CHECK_EQ_INT(c.rope_type, LOOM_ROPE_LLAMA3);
     CHECK_NEAR(c.rope_theta, 500000.0, 0);
     CHECK_NEAR(c.rope_factor, 32.0, 0);
@@ -208,7 +211,8 @@ static void test_inline(void)
     CHECK_EQ_INT(c.torch_dtype, LOOM_DTYPE_F32); /* absent */
 
     /* per-layer-type rope_parameters */
-    CHECK(parse("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"rope_parameters\": {\"full_attention\": "
+    CHECK(parse("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE
+                ", \"rope_parameters\": {\"full_attention\": "
                 "{\"rope_type\": \"linear\", \"rope_theta\": 20000, \"factor\": 2}}}",
                 &c) == 0);
     CHECK(c.rope_type == LOOM_ROPE_LINEAR && c.rope_factor == 2.0 && c.rope_theta == 20000.0);
@@ -218,13 +222,16 @@ static void test_inline(void)
                 "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}",
                 &c) == 0);
     CHECK(c.rope_type == LOOM_ROPE_LINEAR && c.rope_factor == 4.0 && c.rope_theta == 10000.0);
-    CHECK(parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"default\"}}",
+    CHECK(parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                ", \"rope_scaling\": {\"rope_type\": \"default\"}}",
                 &c) == 0);
     CHECK(c.rope_type == LOOM_ROPE_DEFAULT && c.rope_theta == 10000.0);
 
     /* head_dim: explicit null derives it; Llama attention_bias/mlp_bias follow the fields */
-    CHECK(parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"head_dim\": null, \"attention_bias\": true, "
-                "\"mlp_bias\": true, \"tie_word_embeddings\": true, \"eos_token_id\": [7, 8], \"bos_token_id\": null}",
+    CHECK(parse("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                ", \"head_dim\": null, \"attention_bias\": true, "
+                "\"mlp_bias\": true, \"tie_word_embeddings\": true, \"eos_token_id\": [7, 8], "
+                "\"bos_token_id\": null}",
                 &c) == 0);
     CHECK(c.head_dim == 16 && c.attention_bias && c.mlp_bias && c.tie_word_embeddings);
     CHECK(c.n_eos == 2 && c.eos_token_ids[0] == 7 && c.eos_token_ids[1] == 8 && c.bos_token_id == -1);
@@ -234,11 +241,14 @@ static void test_inline(void)
     CHECK(strstr(loom_last_error(), "mlp_bias") != NULL);
 
     /* Mistral never has attention biases; sliding_window: absent = 4096 (MistralConfig), a value, or null */
-    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"attention_bias\": true}", &c) == 0);
+    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"attention_bias\": true}", &c) ==
+          0);
     CHECK(!c.attention_bias && c.sliding_window == 4096 && c.max_position_embeddings == 131072);
-    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": 1024}", &c) == 0);
+    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": 1024}", &c) ==
+          0);
     CHECK_EQ_INT(c.sliding_window, 1024);
-    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": null}", &c) == 0);
+    CHECK(parse("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": null}", &c) ==
+          0);
     CHECK_EQ_INT(c.sliding_window, 0);
 
     /* Qwen2 sliding window only when use_sliding_window is true */
@@ -252,10 +262,12 @@ static void test_inline(void)
     CHECK(c.sliding_window == 512 && c.max_window_layers == 2 && c.attention_bias);
 
     /* Qwen3-MoE: experts, sparse step, dense layers */
-    CHECK(parse("{\"architectures\": [\"Qwen3MoeForCausalLM\"], " BASE ", \"num_experts\": 8, "
-                "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 32, \"norm_topk_prob\": true, "
-                "\"decoder_sparse_step\": 1, \"mlp_only_layers\": [0, 3], \"head_dim\": 32, \"eos_token_id\": 5}",
-                &c) == 0);
+    CHECK(
+        parse(
+            "{\"architectures\": [\"Qwen3MoeForCausalLM\"], " BASE ", \"num_experts\": 8, "
+            "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 32, \"norm_topk_prob\": true, "
+            "\"decoder_sparse_step\": 1, \"mlp_only_layers\": [0, 3], \"head_dim\": 32, \"eos_token_id\": 5}",
+            &c) == 0);
     CHECK(c.arch == LOOM_ARCH_QWEN3_MOE && c.num_experts == 8 && c.num_experts_per_tok == 2 &&
           c.moe_intermediate_size == 32 && c.norm_topk_prob && c.n_mlp_only_layers == 2 && c.head_dim == 32);
     CHECK(!loom_arch_layer_is_moe(&c, 0) && loom_arch_layer_is_moe(&c, 1) && loom_arch_layer_is_moe(&c, 2) &&
@@ -269,8 +281,9 @@ static void test_inline(void)
 
     /* model_type when architectures is absent */
     CHECK(parse("{\"model_type\": \"qwen3\", " BASE "}", &c) == 0 && c.arch == LOOM_ARCH_QWEN3);
-    CHECK(parse("{\"model_type\": \"mixtral\", " BASE ", \"num_local_experts\": 2, \"num_experts_per_tok\": 1}", &c) ==
-          0);
+    CHECK(parse("{\"model_type\": \"mixtral\", " BASE
+                ", \"num_local_experts\": 2, \"num_experts_per_tok\": 1}",
+                &c) == 0);
     CHECK(c.arch == LOOM_ARCH_MIXTRAL && c.rope_theta == 1e6 && fabs(c.rms_norm_eps - 1e-5) < 1e-12);
     /* torch_dtype spellings */
     CHECK(parse("{\"model_type\": \"llama\", " BASE ", \"torch_dtype\": \"float16\"}", &c) == 0 &&
@@ -278,7 +291,8 @@ static void test_inline(void)
     CHECK(parse("{\"model_type\": \"llama\", " BASE ", \"torch_dtype\": \"float32\"}", &c) == 0 &&
           c.torch_dtype == LOOM_DTYPE_F32);
     /* num_key_value_heads defaults to num_attention_heads */
-    CHECK(parse("{\"model_type\": \"llama\", \"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_attention_heads\": 8, "
+    CHECK(parse("{\"model_type\": \"llama\", \"hidden_size\": 64, \"num_hidden_layers\": 1, "
+                "\"num_attention_heads\": 8, "
                 "\"vocab_size\": 10, \"intermediate_size\": 8}",
                 &c) == 0 &&
           c.num_kv_heads == 8 && c.head_dim == 8);
@@ -286,16 +300,19 @@ static void test_inline(void)
 
 static void test_errors(void)
 {
-    expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}", LOOM_EUNSUPPORTED, "GPT2LMHeadModel");
+    expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}", LOOM_EUNSUPPORTED,
+                 "GPT2LMHeadModel");
     expect_error("{\"model_type\": \"gemma\", " BASE "}", LOOM_EUNSUPPORTED, "gemma");
     expect_error("{" BASE "}", LOOM_EINVAL, "architectures");
     expect_error("{\"architectures\": [], " BASE "}", LOOM_EINVAL, "architectures");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
-                 "\"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"hidden_size\"");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_attention_heads\": 4, "
-                 "\"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"num_hidden_layers\"");
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+        "\"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"hidden_size\"");
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_attention_heads\": 4, "
+        "\"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"num_hidden_layers\"");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2, "
                  "\"vocab_size\": 10, \"intermediate_size\": 8}",
                  LOOM_EINVAL, "\"num_attention_heads\"");
@@ -305,56 +322,65 @@ static void test_errors(void)
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2, "
                  "\"num_attention_heads\": 4, \"vocab_size\": 10}",
                  LOOM_EINVAL, "\"intermediate_size\"");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": null, \"num_hidden_layers\": 2, "
-                 "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"hidden_size\"");
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": null, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"hidden_size\"");
     /* wrong JSON types name the field */
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"64\", \"num_hidden_layers\": 2, "
-                 "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"hidden_size\"");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"tie_word_embeddings\": \"yes\"}", LOOM_EINVAL,
-                 "tie_word_embeddings");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_theta\": \"big\"}", LOOM_EINVAL,
-                 "rope_theta");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": \"</s>\"}", LOOM_EINVAL,
-                 "eos_token_id");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": [1, \"x\"]}", LOOM_EINVAL,
-                 "eos_token_id");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}",
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"64\", \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"hidden_size\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"tie_word_embeddings\": \"yes\"}",
+                 LOOM_EINVAL, "tie_word_embeddings");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_theta\": \"big\"}",
+                 LOOM_EINVAL, "rope_theta");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": \"</s>\"}",
                  LOOM_EINVAL, "eos_token_id");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"head_dim\": 2.5}", LOOM_EINVAL, "head_dim");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": [1, \"x\"]}",
+                 LOOM_EINVAL, "eos_token_id");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}",
+                 LOOM_EINVAL, "eos_token_id");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"head_dim\": 2.5}", LOOM_EINVAL,
+                 "head_dim");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rms_norm_eps\": []}", LOOM_EINVAL,
                  "rms_norm_eps");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"torch_dtype\": 16}", LOOM_EINVAL,
                  "torch_dtype");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"torch_dtype\": \"int4\"}", LOOM_EUNSUPPORTED,
-                 "int4");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"torch_dtype\": \"int4\"}",
+                 LOOM_EUNSUPPORTED, "int4");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": 3}", LOOM_EINVAL,
                  "rope_scaling");
     /* ranges */
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": -64, \"num_hidden_layers\": 2, "
-                 "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"hidden_size\"");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 99999999999999, "
-                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
-                 LOOM_EINVAL, "\"hidden_size\"");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}", LOOM_EINVAL,
-                 "num_key_value_heads");
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": -64, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"hidden_size\"");
+    expect_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 99999999999999, "
+        "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
+        LOOM_EINVAL, "\"hidden_size\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}",
+                 LOOM_EINVAL, "num_key_value_heads");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 66, \"num_hidden_layers\": 2, "
                  "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 8}",
                  LOOM_EINVAL, "hidden_size");
     /* rope */
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"yarn\", "
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"rope_scaling\": {\"rope_type\": \"yarn\", "
                  "\"factor\": 4}}",
                  LOOM_EUNSUPPORTED, "yarn");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"llama3\", "
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"rope_scaling\": {\"rope_type\": \"llama3\", "
                  "\"factor\": 8, \"high_freq_factor\": 4, \"original_max_position_embeddings\": 8192}}",
                  LOOM_EINVAL, "low_freq_factor");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"linear\"}}",
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"rope_parameters\": {\"rope_type\": \"linear\"}}",
                  LOOM_EINVAL, "rope_parameters.factor");
     /* MoE */
-    expect_error("{\"architectures\": [\"MixtralForCausalLM\"], " BASE ", \"num_experts_per_tok\": 2}", LOOM_EINVAL,
-                 "num_local_experts");
+    expect_error("{\"architectures\": [\"MixtralForCausalLM\"], " BASE ", \"num_experts_per_tok\": 2}",
+                 LOOM_EINVAL, "num_local_experts");
     expect_error("{\"architectures\": [\"MixtralForCausalLM\"], " BASE ", \"num_local_experts\": 2, "
                  "\"num_experts_per_tok\": 3}",
                  LOOM_EINVAL, "num_experts_per_tok");
@@ -364,12 +390,13 @@ static void test_errors(void)
     expect_error("{\"architectures\": [\"Qwen3MoeForCausalLM\"], " BASE ", \"num_experts\": 8, "
                  "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 8, \"mlp_only_layers\": [9]}",
                  LOOM_EINVAL, "mlp_only_layers");
-    expect_error("{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2, "
-                 "\"num_attention_heads\": 4, \"vocab_size\": 10, \"num_experts\": 4, \"num_experts_per_tok\": 2, "
-                 "\"moe_intermediate_size\": 8, \"mlp_only_layers\": [1]}",
-                 LOOM_EINVAL, "intermediate_size");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"hidden_act\": \"gelu\"}", LOOM_EUNSUPPORTED,
-                 "gelu");
+    expect_error(
+        "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"vocab_size\": 10, \"num_experts\": 4, \"num_experts_per_tok\": 2, "
+        "\"moe_intermediate_size\": 8, \"mlp_only_layers\": [1]}",
+        LOOM_EINVAL, "intermediate_size");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"hidden_act\": \"gelu\"}",
+                 LOOM_EUNSUPPORTED, "gelu");
     /* not JSON / not an object */
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], ", LOOM_EINVAL, "JSON");
     expect_error("[1, 2]", LOOM_EINVAL, "object");
@@ -385,16 +412,18 @@ static void test_generation_config(void)
     struct loom_generation_config g;
     CHECK(loom_generation_config_load(test_shared("models/qwen2-tiny-151k"), &g) == 0);
     CHECK(g.bos_token_id == 151643 && g.n_eos == 1 && g.eos_token_ids[0] == 151645);
-    CHECK(!g.has_temperature && !g.has_top_p && !g.has_top_k && !g.has_repetition_penalty && g.max_new_tokens == 0);
+    CHECK(!g.has_temperature && !g.has_top_p && !g.has_top_k && !g.has_repetition_penalty &&
+          g.max_new_tokens == 0);
 
     char dir[] = "/tmp/loom_test_gen_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     /* absent file: defaults, status 0 */
     CHECK(loom_generation_config_load(dir, &g) == 0 && g.n_eos == 0 && g.bos_token_id == -1);
     char *p = loom_path_join(dir, "generation_config.json");
-    const char *full = "{\"bos_token_id\": 151643, \"eos_token_id\": [151645, 151643], \"do_sample\": true, "
-                       "\"temperature\": 0.6, \"top_p\": 0.95, \"top_k\": 20, \"repetition_penalty\": 1.05, "
-                       "\"max_new_tokens\": 512, \"pad_token_id\": 151643, \"transformers_version\": \"4.51.0\"}";
+    const char *full =
+        "{\"bos_token_id\": 151643, \"eos_token_id\": [151645, 151643], \"do_sample\": true, "
+        "\"temperature\": 0.6, \"top_p\": 0.95, \"top_k\": 20, \"repetition_penalty\": 1.05, "
+        "\"max_new_tokens\": 512, \"pad_token_id\": 151643, \"transformers_version\": \"4.51.0\"}";
     CHECK(loom_write_file(p, full, strlen(full)) == 0);
     CHECK(loom_generation_config_load(dir, &g) == 0);
     CHECK(g.has_temperature && fabs(g.temperature - 0.6f) < 1e-6);

@@ -25,8 +25,9 @@
 static char tmpdir[256];
 static const char *bin;
 
-#define BASE                                                                                             \
-    "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, " \
+#define BASE                                                                                                 \
+    "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": "   \
+    "2, "                                                                                                    \
     "\"vocab_size\": 300, \"intermediate_size\": 96, \"bos_token_id\": 1, \"torch_dtype\": \"bfloat16\""
 
 static const struct {
@@ -34,22 +35,32 @@ static const struct {
     int expect_tensors;
 } configs[] = {
     /* Llama with attention_bias: q/k/v/o biases; 2 layers x (9 + 4) + embed, norm, lm_head */
-    {"llama", "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"attention_bias\": true, \"eos_token_id\": [2, 3]}",
+    {"llama",
+     "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+     ", \"attention_bias\": true, \"eos_token_id\": [2, 3]}",
      2 * 13 + 3},
-    {"mistral", "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"head_dim\": 32, \"num_key_value_heads\": 1, "
-                "\"eos_token_id\": 2}",
+    {"mistral",
+     "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"head_dim\": 32, \"num_key_value_heads\": 1, "
+     "\"eos_token_id\": 2}",
      2 * 9 + 3},
-    {"qwen2", "{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"tie_word_embeddings\": true, \"eos_token_id\": 2}",
+    {"qwen2",
+     "{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE
+     ", \"tie_word_embeddings\": true, \"eos_token_id\": 2}",
      2 * 12 + 2},
-    {"qwen3", "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"head_dim\": 32, \"tie_word_embeddings\": true, "
-              "\"eos_token_id\": 2}",
+    {"qwen3",
+     "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"head_dim\": 32, \"tie_word_embeddings\": true, "
+     "\"eos_token_id\": 2}",
      2 * 11 + 2},
-    {"mixtral", "{\"architectures\": [\"MixtralForCausalLM\"], " BASE ", \"num_local_experts\": 4, "
-                "\"num_experts_per_tok\": 2, \"eos_token_id\": 2}",
+    {"mixtral",
+     "{\"architectures\": [\"MixtralForCausalLM\"], " BASE ", \"num_local_experts\": 4, "
+     "\"num_experts_per_tok\": 2, \"eos_token_id\": 2}",
      2 * (6 + 1 + 4 * 3) + 3},
     /* Qwen3-MoE: layer 1 dense (mlp_only_layers), layer 0 sparse with 4 experts of width 32 */
-    {"qwen3moe", "{\"architectures\": [\"Qwen3MoeForCausalLM\"], " BASE ", \"num_experts\": 4, \"num_experts_per_tok\": 2, "
-                 "\"moe_intermediate_size\": 32, \"mlp_only_layers\": [1], \"norm_topk_prob\": true, \"eos_token_id\": 2}",
+    {"qwen3moe",
+     "{\"architectures\": [\"Qwen3MoeForCausalLM\"], " BASE
+     ", \"num_experts\": 4, \"num_experts_per_tok\": 2, "
+     "\"moe_intermediate_size\": 32, \"mlp_only_layers\": [1], \"norm_topk_prob\": true, \"eos_token_id\": "
+     "2}",
      (8 + 1 + 4 * 3) + (8 + 3) + 3},
 };
 
@@ -75,8 +86,10 @@ static int run(char **out, const char *fmt, ...)
     }
     buf[n] = 0;
     int st = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
+    if (out)
+        *out = buf;
+    else
+        free(buf);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -101,7 +114,8 @@ static void element_stats(const struct loom_st_tensor *t, double *mean, double *
     double s = 0, ss = 0, m = 0;
     for (int64_t i = 0; i < t->numel; i++) {
         float v;
-        if (t->dtype == LOOM_DTYPE_F32) memcpy(&v, (const uint8_t *)t->data + 4 * i, 4);
+        if (t->dtype == LOOM_DTYPE_F32)
+            memcpy(&v, (const uint8_t *)t->data + 4 * i, 4);
         else {
             uint16_t h;
             memcpy(&h, (const uint8_t *)t->data + 2 * i, 2);
@@ -145,7 +159,8 @@ static void check_folder(const char *what, const char *out_dir, int expect_tenso
         element_stats(t, &mean, &sd, &mx);
         if (specs[i].is_norm) {
             if (mean != 1.0 || mx != 1.0) bad_norm++;
-        } else if (mx > 0.0701 || mx == 0 || (t->numel >= 4096 && (sd < 0.017 || sd > 0.023 || fabs(mean) > 0.002))) {
+        } else if (mx > 0.0701 || mx == 0 ||
+                   (t->numel >= 4096 && (sd < 0.017 || sd > 0.023 || fabs(mean) > 0.002))) {
             bad_values++;
             fprintf(stderr, "%s: %s mean %g std %g max %g\n", what, t->name, mean, sd, mx);
         }
@@ -220,7 +235,8 @@ static void test_shards_and_dtypes(void)
     snprintf(cfg_path, sizeof(cfg_path), "%s/mixtral.json", tmpdir);
     snprintf(one, sizeof(one), "%s/mixtral-s1", tmpdir);
     snprintf(many, sizeof(many), "%s/mixtral-sharded", tmpdir);
-    CHECK_EQ_INT(run(NULL, "'%s' make-model '%s' '%s' --seed 1 --max-shard-size 60000", bin, cfg_path, many), 0);
+    CHECK_EQ_INT(run(NULL, "'%s' make-model '%s' '%s' --seed 1 --max-shard-size 60000", bin, cfg_path, many),
+                 0);
     char *idx = path_in(many, "model.safetensors.index.json");
     CHECK(loom_file_exists(idx));
     char *text;
@@ -269,7 +285,8 @@ static void test_shards_and_dtypes(void)
             CHECK_EQ_INT(loom_safetensors_count(b), 41);
             int diff = 0;
             for (int i = 0; i < loom_safetensors_count(a); i++) {
-                const struct loom_st_tensor *x = loom_safetensors_at(a, i), *y = loom_safetensors_find(b, x->name);
+                const struct loom_st_tensor *x = loom_safetensors_at(a, i),
+                                            *y = loom_safetensors_find(b, x->name);
                 if (!y || y->nbytes != x->nbytes || memcmp(x->data, y->data, x->nbytes)) diff++;
             }
             CHECK_EQ_INT(diff, 0); /* values do not depend on the shard layout */
@@ -307,7 +324,8 @@ static void test_tokenizer(void)
         CHECK_EQ_STR(json_string_value(json_object_get(model, "type")), "BPE");
         json_t *vocab = json_object_get(model, "vocab");
         CHECK_EQ_INT(json_object_size(vocab), 256);
-        CHECK(json_is_array(json_object_get(model, "merges")) && json_array_size(json_object_get(model, "merges")) == 0);
+        CHECK(json_is_array(json_object_get(model, "merges")) &&
+              json_array_size(json_object_get(model, "merges")) == 0);
         /* ids 0..255 once each; GPT-2 spelling: 'A' is itself, space is U+0120, byte 0 is U+0100 */
         int seen[256] = {0};
         const char *k;
@@ -321,9 +339,9 @@ static void test_tokenizer(void)
         for (int i = 0; i < 256; i++) once += seen[i] == 1;
         CHECK_EQ_INT(once, 256);
         CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "A")), 65);
-        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\xa0")), 32); /* Ġ */
-        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\x80")), 0);  /* Ā */
-        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\x8a")), 10); /* Ċ = newline */
+        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\xa0")), 32);  /* Ġ */
+        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\x80")), 0);   /* Ā */
+        CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc4\x8a")), 10);  /* Ċ = newline */
         CHECK_EQ_INT(json_integer_value(json_object_get(vocab, "\xc3\xbf")), 255); /* ÿ */
         json_t *added = json_object_get(tok, "added_tokens");
         CHECK_EQ_INT(json_array_size(added), 3);
@@ -335,7 +353,8 @@ static void test_tokenizer(void)
             CHECK(json_is_true(json_object_get(t, "special")));
         }
         CHECK_EQ_INT(json_object_size(vocab) + json_array_size(added), 259);
-        CHECK_EQ_STR(json_string_value(json_object_get(json_object_get(tok, "decoder"), "type")), "ByteLevel");
+        CHECK_EQ_STR(json_string_value(json_object_get(json_object_get(tok, "decoder"), "type")),
+                     "ByteLevel");
         json_t *pre = json_object_get(tok, "pre_tokenizer");
         CHECK(json_is_object(pre));
         json_decref(tok);
@@ -348,9 +367,11 @@ static void test_tokenizer(void)
         CHECK_EQ_STR(json_string_value(json_object_get(tc, "eos_token")), "<|im_end|>");
         CHECK(json_is_null(json_object_get(tc, "bos_token")));
         const char *tpl = json_string_value(json_object_get(tc, "chat_template"));
-        CHECK(tpl && strstr(tpl, "<|im_start|>") && strstr(tpl, "add_generation_prompt") && strstr(tpl, "<|im_end|>"));
+        CHECK(tpl && strstr(tpl, "<|im_start|>") && strstr(tpl, "add_generation_prompt") &&
+              strstr(tpl, "<|im_end|>"));
         json_t *dec = json_object_get(tc, "added_tokens_decoder");
-        CHECK_EQ_STR(json_string_value(json_object_get(json_object_get(dec, "258"), "content")), "<|im_end|>");
+        CHECK_EQ_STR(json_string_value(json_object_get(json_object_get(dec, "258"), "content")),
+                     "<|im_end|>");
         json_decref(tc);
     }
 
@@ -358,8 +379,9 @@ static void test_tokenizer(void)
     char small[512], small_out[512];
     snprintf(small, sizeof(small), "%s/small-vocab.json", tmpdir);
     snprintf(small_out, sizeof(small_out), "%s/small-vocab", tmpdir);
-    const char *sv = "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 1, "
-                     "\"num_attention_heads\": 4, \"vocab_size\": 258, \"intermediate_size\": 96}";
+    const char *sv =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 1, "
+        "\"num_attention_heads\": 4, \"vocab_size\": 258, \"intermediate_size\": 96}";
     CHECK(loom_write_file(small, sv, strlen(sv)) == 0);
     log = NULL;
     CHECK_EQ_INT(run(&log, "'%s' make-model '%s' '%s' --tokenizer byte-level", bin, small, small_out), 1);
@@ -391,7 +413,8 @@ static void test_errors(void)
     CHECK(log && strstr(log, "none.json"));
     free(log);
     CHECK_EQ_INT(run(NULL, "'%s' make-model '%s/llama.json' '%s' --dtype int8", bin, tmpdir, out), 2);
-    CHECK_EQ_INT(run(NULL, "'%s' make-model '%s/llama.json' '%s' --tokenizer sentencepiece", bin, tmpdir, out), 2);
+    CHECK_EQ_INT(
+        run(NULL, "'%s' make-model '%s/llama.json' '%s' --tokenizer sentencepiece", bin, tmpdir, out), 2);
     CHECK_EQ_INT(run(NULL, "'%s' make-model '%s/llama.json' '%s' --bogus", bin, tmpdir, out), 2);
 }
 

@@ -58,8 +58,9 @@ static void check_model(const char *rel, int expect_count, enum loom_dtype expec
         if (!t) continue;
         CHECK_MSG(t->ndim == specs[i].ndim && t->shape[0] == specs[i].shape[0] &&
                       (specs[i].ndim == 1 || t->shape[1] == specs[i].shape[1]),
-                  "%s: %s shape [%lld, %lld] vs spec [%lld, %lld]", rel, specs[i].name, (long long)t->shape[0],
-                  (long long)t->shape[1], (long long)specs[i].shape[0], (long long)specs[i].shape[1]);
+                  "%s: %s shape [%lld, %lld] vs spec [%lld, %lld]", rel, specs[i].name,
+                  (long long)t->shape[0], (long long)t->shape[1], (long long)specs[i].shape[0],
+                  (long long)specs[i].shape[1]);
         CHECK_MSG(t->dtype == expect_dtype, "%s: %s dtype %s", rel, t->name, loom_dtype_name(t->dtype));
         CHECK_EQ_INT(t->nbytes, t->numel * (int64_t)loom_dtype_size(t->dtype));
         CHECK_EQ_INT(t->numel, specs[i].shape[0] * (specs[i].ndim == 2 ? specs[i].shape[1] : 1));
@@ -204,7 +205,8 @@ static void test_writer_round_trip(void)
 /* ---------------------------------------------------------------------------------------------- */
 /* Malformed files */
 
-/* Writes 8-byte length + header + `data_len` bytes of data to dir/name. hlen_override >= 0 replaces the length. */
+/* Writes 8-byte length + header + `data_len` bytes of data to dir/name. hlen_override >= 0 replaces the
+ * length. */
 static char *write_raw(const char *name, const char *header, size_t data_len, int64_t hlen_override)
 {
     static char path[512];
@@ -261,11 +263,12 @@ static void test_malformed(void)
     expect_bad("header length huge", write_raw("hhuge.safetensors", ok, 16, (int64_t)1 << 40), LOOM_EINVAL,
                "100 MB");
     expect_bad("offsets past the end",
-               write_raw("past.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,32]}}", 16,
-                         -1),
+               write_raw("past.safetensors",
+                         "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,32]}}", 16, -1),
                LOOM_EINVAL, "'w'");
     expect_bad("begin after end",
-               write_raw("rev.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 16, -1),
+               write_raw("rev.safetensors",
+                         "{\"w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 16, -1),
                LOOM_EINVAL, "'w'");
     expect_bad("overlap",
                write_raw("overlap.safetensors",
@@ -274,28 +277,31 @@ static void test_malformed(void)
                          16, -1),
                LOOM_EINVAL, "overlap");
     expect_bad("shape/size mismatch",
-               write_raw("size.safetensors", "{\"w\":{\"dtype\":\"F16\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", 16,
-                         -1),
+               write_raw("size.safetensors",
+                         "{\"w\":{\"dtype\":\"F16\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", 16, -1),
                LOOM_EINVAL, "'w'");
     expect_bad("bad dtype",
-               write_raw("dtype.safetensors", "{\"w\":{\"dtype\":\"Q4_K\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16,
-                         -1),
+               write_raw("dtype.safetensors",
+                         "{\"w\":{\"dtype\":\"Q4_K\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16, -1),
                LOOM_EINVAL, "Q4_K");
-    expect_bad("dtype not a string",
-               write_raw("dtype2.safetensors", "{\"w\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 16, -1),
-               LOOM_EINVAL, "dtype");
+    expect_bad(
+        "dtype not a string",
+        write_raw("dtype2.safetensors", "{\"w\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 16, -1),
+        LOOM_EINVAL, "dtype");
     expect_bad("negative dim",
-               write_raw("neg.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 16,
-                         -1),
+               write_raw("neg.safetensors",
+                         "{\"w\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 16, -1),
                LOOM_EINVAL, "shape");
-    expect_bad("shape overflow",
-               write_raw("ovf.safetensors",
-                         "{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,16]}}", 16,
-                         -1),
-               LOOM_EINVAL, "overflow");
+    expect_bad(
+        "shape overflow",
+        write_raw("ovf.safetensors",
+                  "{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,16]}}", 16,
+                  -1),
+        LOOM_EINVAL, "overflow");
     expect_bad("too many dims",
                write_raw("dims.safetensors",
-                         "{\"w\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 16, -1),
+                         "{\"w\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}",
+                         16, -1),
                LOOM_EINVAL, "dimensions");
     expect_bad("duplicate name",
                write_raw("dup.safetensors",
@@ -307,10 +313,11 @@ static void test_malformed(void)
     expect_bad("entry not an object", write_raw("ent.safetensors", "{\"w\": 5}", 16, -1), LOOM_EINVAL, "'w'");
     expect_bad("not JSON", write_raw("json.safetensors", "{\"w\":{\"dtype\":", 16, -1), LOOM_EINVAL, "JSON");
     expect_bad("offsets not a pair",
-               write_raw("pair.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 16, -1),
+               write_raw("pair.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}",
+                         16, -1),
                LOOM_EINVAL, "data_offsets");
-    expect_bad("metadata not an object",
-               write_raw("meta.safetensors", "{\"__metadata__\": 3}", 16, -1), LOOM_EINVAL, "__metadata__");
+    expect_bad("metadata not an object", write_raw("meta.safetensors", "{\"__metadata__\": 3}", 16, -1),
+               LOOM_EINVAL, "__metadata__");
     expect_bad("missing file", "/nonexistent-dir-for-loom/x.safetensors", LOOM_ENOTFOUND, NULL);
 
     /* zero-sized tensors may sit anywhere, even inside another tensor's bytes */
@@ -364,8 +371,8 @@ static void put(const char *dir, const char *name, const char *text)
 static void write_shard(const char *dir, const char *name, const char *tensor_name)
 {
     float v[2] = {1, 2};
-    struct loom_st_tensor t = {.name = tensor_name, .dtype = LOOM_DTYPE_F32, .ndim = 1, .shape = {2}, .numel = 2,
-                               .data = v};
+    struct loom_st_tensor t = {
+        .name = tensor_name, .dtype = LOOM_DTYPE_F32, .ndim = 1, .shape = {2}, .numel = 2, .data = v};
     char *p = loom_path_join(dir, name);
     CHECK(loom_safetensors_write(p, &t, 1, "{\"format\":\"pt\"}") == 0);
     free(p);
@@ -378,15 +385,18 @@ static void expect_bad_dir(const char *what, const char *dir, int status, const 
     CHECK_MSG(s == status, "%s: status %d, expected %d (%s)", what, s, status, loom_last_error());
     CHECK(st == NULL);
     if (getenv("LOOM_TEST_VERBOSE")) printf("%-28s %s\n", what, loom_last_error());
-    if (n1) CHECK_MSG(strstr(loom_last_error(), n1) != NULL, "%s: no '%s' in: %s", what, n1, loom_last_error());
-    if (n2) CHECK_MSG(strstr(loom_last_error(), n2) != NULL, "%s: no '%s' in: %s", what, n2, loom_last_error());
+    if (n1)
+        CHECK_MSG(strstr(loom_last_error(), n1) != NULL, "%s: no '%s' in: %s", what, n1, loom_last_error());
+    if (n2)
+        CHECK_MSG(strstr(loom_last_error(), n2) != NULL, "%s: no '%s' in: %s", what, n2, loom_last_error());
     if (s == 0) loom_safetensors_close(st);
 }
 
 static void test_shards(void)
 {
-    const char *idx = "{\"metadata\":{\"total_size\":16},\"weight_map\":{\"x.weight\":\"model-00001-of-00002.safetensors\","
-                      "\"y.weight\":\"model-00002-of-00002.safetensors\"}}";
+    const char *idx =
+        "{\"metadata\":{\"total_size\":16},\"weight_map\":{\"x.weight\":\"model-00001-of-00002.safetensors\","
+        "\"y.weight\":\"model-00002-of-00002.safetensors\"}}";
     /* a good two-shard folder */
     const char *d = make_dir("good");
     write_shard(d, "model-00001-of-00002.safetensors", "x.weight");
@@ -409,13 +419,15 @@ static void test_shards(void)
     write_shard(d, "model-00001-of-00002.safetensors", "x.weight");
     write_shard(d, "model-00002-of-00002.safetensors", "z.weight");
     put(d, "model.safetensors.index.json", idx);
-    expect_bad_dir("index names a missing tensor", d, LOOM_ENOTFOUND, "y.weight", "model-00002-of-00002.safetensors");
+    expect_bad_dir("index names a missing tensor", d, LOOM_ENOTFOUND, "y.weight",
+                   "model-00002-of-00002.safetensors");
 
     d = make_dir("dup_across");
     write_shard(d, "model-00001-of-00002.safetensors", "x.weight");
     write_shard(d, "model-00002-of-00002.safetensors", "x.weight");
     put(d, "model.safetensors.index.json", idx);
-    expect_bad_dir("same tensor in two shards", d, LOOM_EINVAL, "x.weight", "model-00002-of-00002.safetensors");
+    expect_bad_dir("same tensor in two shards", d, LOOM_EINVAL, "x.weight",
+                   "model-00002-of-00002.safetensors");
 
     d = make_dir("bad_index");
     write_shard(d, "model-00001-of-00002.safetensors", "x.weight");
@@ -427,7 +439,8 @@ static void test_shards(void)
     expect_bad_dir("index without weight_map", d, LOOM_EINVAL, "weight_map", NULL);
 
     d = make_dir("index_escape");
-    put(d, "model.safetensors.index.json", "{\"weight_map\": {\"x.weight\": \"../good/model-00001-of-00002.safetensors\"}}");
+    put(d, "model.safetensors.index.json",
+        "{\"weight_map\": {\"x.weight\": \"../good/model-00001-of-00002.safetensors\"}}");
     expect_bad_dir("shard path outside the folder", d, LOOM_EINVAL, "x.weight", NULL);
 
     d = make_dir("bad_shard");
@@ -445,13 +458,13 @@ static void test_many(void)
 {
     enum { N = 5000 };
     struct loom_st_tensor *ts = calloc(N, sizeof(*ts));
-    char (*names)[48] = calloc(N, 48);
+    char(*names)[48] = calloc(N, 48);
     uint8_t byte[N];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], 48, "model.layers.%d.w", i);
         byte[i] = (uint8_t)i;
-        ts[i] = (struct loom_st_tensor){.name = names[i], .dtype = LOOM_DTYPE_U8, .ndim = 1, .shape = {1},
-                                        .numel = 1, .data = &byte[i]};
+        ts[i] = (struct loom_st_tensor){
+            .name = names[i], .dtype = LOOM_DTYPE_U8, .ndim = 1, .shape = {1}, .numel = 1, .data = &byte[i]};
     }
     char path[512];
     snprintf(path, sizeof(path), "%s/many.safetensors", tmpdir);
