@@ -1,0 +1,255 @@
+/*
+ * sampler.c: logits processing and drawing (see sampler.h for the order). One row at a time on
+ * buffers sized at init; top-k and top-p use selection, not a full sort of the vocabulary, unless
+ * the kept set is large.
+ */
+#include "engine/sampler.h"
+
+#include "core/error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SAMPLING_EPS 1e-5f /* vLLM's _SAMPLING_EPS: temperatures below are greedy */
+
+int loom_sampler_init(struct loom_sampler *s, int vocab)
+{
+    memset(s, 0, sizeof(*s));
+    if (vocab < 1) return loom_fail(LOOM_EINVAL, "sampler: vocabulary size %d", vocab);
+    s->vocab = vocab;
+    s->work = loom_malloc((size_t)vocab * sizeof(float));
+    s->idx = loom_malloc((size_t)vocab * sizeof(int32_t));
+    s->stamp = loom_calloc((size_t)vocab, sizeof(uint32_t));
+    s->count = loom_calloc((size_t)vocab, sizeof(int32_t));
+    return LOOM_OK;
+}
+
+void loom_sampler_free(struct loom_sampler *s)
+{
+    free(s->work);
+    free(s->idx);
+    free(s->stamp);
+    free(s->count);
+    memset(s, 0, sizeof(*s));
+}
+
+uint64_t loom_rng_mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+double loom_rng_uniform(uint64_t key, uint64_t counter)
+{
+    uint64_t x = loom_rng_mix(key ^ loom_rng_mix(counter * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
+    return (double)(x >> 11) * 0x1.0p-53;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Ordering helpers: "a ranks above b" = larger logit, then smaller id. */
+
+static inline bool ranks_above(const float *x, int32_t a, int32_t b)
+{
+    return x[a] > x[b] || (x[a] == x[b] && a < b);
+}
+
+/* Rearranges ids[0..n) so that ids[0..k) are the k best by ranks_above (in no order). */
+static void select_top(int32_t *ids, int n, int k, const float *x)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        /* median of three as pivot */
+        int32_t a = ids[lo], b = ids[mid], c = ids[hi], piv;
+        if (ranks_above(x, a, b)) piv = ranks_above(x, b, c) ? b : (ranks_above(x, a, c) ? c : a);
+        else piv = ranks_above(x, a, c) ? a : (ranks_above(x, b, c) ? c : b);
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (ranks_above(x, ids[i], piv)) i++;
+            while (ranks_above(x, piv, ids[j])) j--;
+            if (i <= j) {
+                int32_t t = ids[i];
+                ids[i++] = ids[j];
+                ids[j--] = t;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else return;
+    }
+}
+
+static int cmp_rank(const void *pa, const void *pb, void *ctx)
+{
+    const float *x = ctx;
+    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    return ranks_above(x, a, b) ? -1 : ranks_above(x, b, a) ? 1 : 0;
+}
+
+static void sort_top(int32_t *ids, int n, const float *x)
+{
+    qsort_r(ids, (size_t)n, sizeof(int32_t), cmp_rank, (void *)x);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+void loom_sampler_logprobs(const float *logits, int vocab, int32_t token, int k, struct loom_token_logprob *lp,
+                           struct loom_token_logprob *top)
+{
+    float m = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        if (logits[i] > m) m = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - m);
+    double lse = m + log(sum);
+    if (lp) {
+        lp->token_id = token;
+        lp->logprob = (float)(logits[token] - lse);
+    }
+    if (k <= 0 || !top) return;
+    if (k > vocab) k = vocab;
+    /* insertion into a sorted top-k list */
+    int n = 0;
+    for (int32_t i = 0; i < vocab; i++) {
+        if (n == k && !(logits[i] > logits[top[k - 1].token_id])) continue; /* equal: the lower id stays */
+        int j = n < k ? n++ : k - 1;
+        while (j > 0 && logits[i] > logits[top[j - 1].token_id]) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j].token_id = i;
+    }
+    for (int j = 0; j < k; j++) top[j].logprob = (float)(logits[top[j].token_id] - lse);
+}
+
+static void apply_penalties(struct loom_sampler *s, float *x, const struct loom_sample_input *in)
+{
+    const struct loom_sampling_params *p = in->p;
+    if (p->repetition_penalty != 1.0f) {
+        float r = p->repetition_penalty;
+        uint32_t st = ++s->cur_stamp;
+        if (st == 0) { /* wrapped: clear the marks */
+            memset(s->stamp, 0, (size_t)s->vocab * sizeof(uint32_t));
+            st = s->cur_stamp = 1;
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *t = pass ? in->output : in->prompt;
+            int n = pass ? in->n_output : in->n_prompt;
+            for (int i = 0; i < n; i++) {
+                int32_t id = t[i];
+                if (s->stamp[id] == st) continue;
+                s->stamp[id] = st;
+                x[id] = x[id] > 0 ? x[id] / r : x[id] * r;
+            }
+        }
+    }
+    if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
+        for (int i = 0; i < in->n_output; i++) s->count[in->output[i]]++;
+        for (int i = 0; i < in->n_output; i++) {
+            int32_t id = in->output[i];
+            if (!s->count[id]) continue;
+            x[id] -= p->frequency_penalty * (float)s->count[id] + p->presence_penalty;
+            s->count[id] = 0;
+        }
+    }
+}
+
+static int32_t argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in)
+{
+    const struct loom_sampling_params *p = in->p;
+    int V = s->vocab;
+    float *x = s->work;
+    memcpy(x, logits, (size_t)V * sizeof(float));
+
+    if (in->n_output < p->min_tokens)
+        for (int i = 0; i < in->n_stop_ids; i++) x[in->stop_ids[i]] = -INFINITY;
+    for (int i = 0; i < p->n_logit_bias; i++) x[p->logit_bias[i].token_id] += p->logit_bias[i].bias;
+    apply_penalties(s, x, in);
+
+    if (p->temperature < SAMPLING_EPS) return argmax(x, V);
+
+    float inv_t = 1.0f / p->temperature;
+    for (int i = 0; i < V; i++) x[i] *= inv_t;
+    float m = x[argmax(x, V)];
+    if (m == -INFINITY) return 0; /* everything masked: nothing better to do */
+    s->max = m;
+
+    if (p->min_p > 0) { /* p_i < min_p * p_max  <=>  x_i < m + log(min_p) */
+        float thr = m + logf(p->min_p);
+        for (int i = 0; i < V; i++)
+            if (x[i] < thr) x[i] = -INFINITY;
+    }
+
+    /* candidates: the finite logits */
+    int32_t *ids = s->idx;
+    int n = 0;
+    for (int32_t i = 0; i < V; i++)
+        if (x[i] > -INFINITY) ids[n++] = i;
+
+    if (p->top_k > 0 && p->top_k < n) {
+        select_top(ids, n, p->top_k, x);
+        float kth = x[ids[0]];
+        for (int j = 1; j < p->top_k; j++)
+            if (x[ids[j]] < kth) kth = x[ids[j]];
+        n = 0; /* keep every logit >= the k-th (ties included) */
+        for (int32_t i = 0; i < V; i++) {
+            if (x[i] < kth) x[i] = -INFINITY;
+            else if (x[i] > -INFINITY) ids[n++] = i;
+        }
+    }
+
+    if (p->top_p < 1.0f) {
+        double z = 0;
+        for (int j = 0; j < n; j++) z += exp((double)x[ids[j]] - m);
+        double target = (double)p->top_p * z; /* keep token j (descending) while the mass above it < target */
+        int k = n < 64 ? n : 64, keep = n;
+        for (;;) {
+            select_top(ids, n, k, x);
+            sort_top(ids, k, x);
+            double above = 0;
+            int j = 0;
+            for (; j < k && above < target; j++) above += exp((double)x[ids[j]] - m);
+            if (above >= target || k == n) {
+                keep = j > 0 ? j : 1;
+                break;
+            }
+            k = k * 4 < n ? k * 4 : n;
+        }
+        for (int j = keep; j < n; j++) x[ids[j]] = -INFINITY;
+    }
+
+    return -1;
+}
+
+int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in)
+{
+    int32_t greedy = loom_sampler_prepare(s, logits, in);
+    if (greedy >= 0) return greedy;
+    /* inverse CDF over the kept tokens in id order */
+    const float *x = s->work;
+    float m = s->max;
+    int V = s->vocab;
+    double z = 0;
+    for (int i = 0; i < V; i++)
+        if (x[i] > -INFINITY) z += exp((double)x[i] - m);
+    double u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output) * z, acc = 0;
+    int32_t last = 0;
+    for (int32_t i = 0; i < V; i++) {
+        if (!(x[i] > -INFINITY)) continue;
+        acc += exp((double)x[i] - m);
+        last = i;
+        if (acc > u) return i;
+    }
+    return last;
+}
