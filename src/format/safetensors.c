@@ -427,10 +427,8 @@ static int open_index(struct loom_safetensors *st, const char *dir, const char *
                 base = base ? base + 1 : st->files[i].path;
                 if (!strcmp(base, fn)) f = &st->files[i];
             }
-            bool in_file = false;
-            if (k >= 0 && f)
-                for (int j = 0; j < f->hdr.n_tensors && !in_file; j++)
-                    in_file = st->tensors[k] == &f->hdr.tensors[j];
+            bool in_file = k >= 0 && f && st->tensors[k] >= f->hdr.tensors &&
+                           st->tensors[k] < f->hdr.tensors + f->hdr.n_tensors;
             if (!in_file) {
                 s = loom_fail(LOOM_ENOTFOUND, "%s names tensor '%s' in %s, but that file has no such tensor",
                               index_path, key, f ? f->path : fn);
