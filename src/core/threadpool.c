@@ -1,11 +1,17 @@
 /*
- * threadpool.c: persistent workers, a generation counter to publish jobs, a done counter to join.
+ * threadpool.c: persistent workers, one atomic `state` word to publish jobs, counters to join.
  *
- * Publishing: the caller stores the job, then bumps `gen` (seq_cst). A worker spins on `gen` for
- * SPIN_SECONDS, then announces itself in `n_sleeping` and sleeps on the condvar; the caller only
- * takes the mutex to broadcast when someone sleeps. Both sides use seq_cst read-modify-writes on
- * their own counter before reading the other's, so a wake-up is never lost (Dekker's argument).
- * Joining: each worker bumps `done` after the job; the caller spins (then yields) until all have.
+ * state = generation * 2 + closed. Publishing: the caller stores the job (fn, arg, mode), then
+ * state = (gen + 1) * 2 (seq_cst). A worker spins on state for SPIN_SECONDS, then announces itself
+ * in `n_sleeping` and sleeps on the condvar; the caller takes the mutex to broadcast only when
+ * someone sleeps. Both sides do a seq_cst write to their own word before reading the other's, so
+ * a wake-up is never lost (Dekker's argument).
+ *
+ * Joining. loom_threadpool_run: every worker must run the job, the caller waits for `done`.
+ * loom_parallel_for: chunks are claimed with an atomic counter, so when the caller finds none left
+ * it closes the job (sets the closed bit) and waits only for workers inside it (`active`). A worker
+ * increments `active` before it reads state, and runs nothing once it sees the bit, so a worker
+ * that the OS descheduled (a loaded machine) never holds the caller up: the caller did its share.
  * It does not pin threads to cores and does not allocate after creation.
  */
 #include "core/threadpool.h"
@@ -40,12 +46,14 @@ struct loom_threadpool {
     struct worker_arg *args;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    _Atomic uint64_t gen;   /* bumped once per job */
-    _Atomic int done;       /* workers (not the caller) finished with the current job */
+    _Atomic uint64_t state; /* generation * 2 + closed bit */
+    _Atomic int done;       /* workers (not the caller) finished with the current run() job */
+    _Atomic int active;     /* workers inside the current job */
     _Atomic int n_sleeping; /* workers waiting on cv */
     _Atomic bool stop;
-    loom_thread_fn fn; /* the current job; written before gen is bumped */
+    loom_thread_fn fn; /* the current job; written before state is bumped */
     void *arg;
+    bool must_join; /* run(): every worker takes part; parallel_for: whoever comes */
 };
 
 static double now_s(void)
@@ -70,12 +78,11 @@ static void *worker_main(void *p)
 {
     struct worker_arg *wa = p;
     struct loom_threadpool *tp = wa->tp;
-    uint64_t seen = 0;
+    uint64_t seen = 0; /* last generation handled (or skipped) */
     for (;;) {
-        uint64_t g;
         double spin_start = 0;
         unsigned spins = 0;
-        while ((g = atomic_load_explicit(&tp->gen, memory_order_acquire)) == seen) {
+        while ((atomic_load_explicit(&tp->state, memory_order_acquire) >> 1) == seen) {
             if (atomic_load_explicit(&tp->stop, memory_order_relaxed)) return NULL;
             cpu_relax();
             if ((++spins & 255) != 0) continue;
@@ -84,15 +91,21 @@ static void *worker_main(void *p)
             if (t - spin_start < SPIN_SECONDS) continue;
             pthread_mutex_lock(&tp->mu);
             atomic_fetch_add(&tp->n_sleeping, 1);
-            while (atomic_load(&tp->gen) == seen && !atomic_load(&tp->stop)) pthread_cond_wait(&tp->cv, &tp->mu);
+            while ((atomic_load(&tp->state) >> 1) == seen && !atomic_load(&tp->stop)) pthread_cond_wait(&tp->cv, &tp->mu);
             atomic_fetch_sub(&tp->n_sleeping, 1);
             pthread_mutex_unlock(&tp->mu);
             spin_start = 0;
         }
-        seen = g;
         if (atomic_load(&tp->stop)) return NULL;
-        tp->fn(tp->arg, wa->ith, tp->n);
-        atomic_fetch_add_explicit(&tp->done, 1, memory_order_release);
+        atomic_fetch_add(&tp->active, 1); /* seq_cst, before reading state (see the header) */
+        uint64_t st = atomic_load(&tp->state);
+        if (!(st & 1) && (st >> 1) != seen) {
+            bool join = tp->must_join;
+            tp->fn(tp->arg, wa->ith, tp->n);
+            if (join) atomic_fetch_add_explicit(&tp->done, 1, memory_order_release);
+        }
+        seen = st >> 1;
+        atomic_fetch_sub_explicit(&tp->active, 1, memory_order_release);
     }
 }
 
@@ -103,8 +116,9 @@ struct loom_threadpool *loom_threadpool_create(int n_threads)
     tp->n = n_threads;
     pthread_mutex_init(&tp->mu, NULL);
     pthread_cond_init(&tp->cv, NULL);
-    atomic_init(&tp->gen, 0);
+    atomic_init(&tp->state, 0);
     atomic_init(&tp->done, 0);
+    atomic_init(&tp->active, 0);
     atomic_init(&tp->n_sleeping, 0);
     atomic_init(&tp->stop, false);
     tp->threads = loom_calloc((size_t)n_threads, sizeof(pthread_t));
@@ -138,27 +152,43 @@ int loom_threadpool_size(const struct loom_threadpool *tp)
     return tp ? tp->n : 1;
 }
 
+static void publish(struct loom_threadpool *tp, loom_thread_fn fn, void *arg, bool must_join)
+{
+    tp->fn = fn;
+    tp->arg = arg;
+    tp->must_join = must_join;
+    atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
+    uint64_t gen = atomic_load_explicit(&tp->state, memory_order_relaxed) >> 1;
+    atomic_store(&tp->state, (gen + 1) << 1); /* seq_cst: publishes fn/arg/done, open */
+    if (atomic_load(&tp->n_sleeping) > 0) {
+        pthread_mutex_lock(&tp->mu);
+        pthread_cond_broadcast(&tp->cv);
+        pthread_mutex_unlock(&tp->mu);
+    }
+}
+
+static void wait_until(_Atomic int *counter, int value, bool less_or_equal)
+{
+    unsigned spins = 0;
+    for (;;) {
+        int v = atomic_load_explicit(counter, memory_order_acquire);
+        if (less_or_equal ? v <= value : v >= value) return;
+        if (++spins < 4096) cpu_relax();
+        else sched_yield();
+    }
+}
+
 void loom_threadpool_run(struct loom_threadpool *tp, loom_thread_fn fn, void *arg)
 {
     if (!tp || tp->n == 1) {
         fn(arg, 0, 1);
         return;
     }
-    tp->fn = fn;
-    tp->arg = arg;
-    atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
-    atomic_fetch_add(&tp->gen, 1); /* seq_cst: publishes fn/arg/done */
-    if (atomic_load(&tp->n_sleeping) > 0) {
-        pthread_mutex_lock(&tp->mu);
-        pthread_cond_broadcast(&tp->cv);
-        pthread_mutex_unlock(&tp->mu);
-    }
+    publish(tp, fn, arg, true);
     fn(arg, 0, tp->n);
-    unsigned spins = 0;
-    while (atomic_load_explicit(&tp->done, memory_order_acquire) < tp->n - 1) {
-        if (++spins < 4096) cpu_relax();
-        else sched_yield();
-    }
+    wait_until(&tp->done, tp->n - 1, false);
+    atomic_fetch_or(&tp->state, 1);
+    wait_until(&tp->active, 0, true);
 }
 
 struct pfor_job {
@@ -194,5 +224,8 @@ void loom_parallel_for(struct loom_threadpool *tp, int64_t n, int64_t grain, loo
     }
     struct pfor_job j = {fn, arg, n, grain, 0};
     atomic_init(&j.next, 0);
-    loom_threadpool_run(tp, pfor_worker, &j);
+    publish(tp, pfor_worker, &j, false);
+    pfor_worker(&j, 0, nth); /* returns when no chunk is left to claim */
+    atomic_fetch_or(&tp->state, 1); /* workers arriving from now on run nothing */
+    wait_until(&tp->active, 0, true); /* those inside finish their chunks */
 }

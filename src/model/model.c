@@ -214,10 +214,7 @@ int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_
     m->be = be;
     m->impl = mi;
     struct loom_model_config *c = &m->cfg;
-    if ((s = loom_hf_config_load(dir, c))) {
-        loom_fail_context(s, "%s/config.json", dir);
-        goto fail;
-    }
+    if ((s = loom_hf_config_load(dir, c))) goto fail; /* the message names the file */
     if (opts->max_batch_tokens <= 0 || opts->max_batch_seqs <= 0 || opts->max_logit_rows < 0 ||
         opts->max_model_len < 0) {
         s = loom_fail(LOOM_EINVAL, "model options: max_batch_tokens (%d) and max_batch_seqs (%d) must be positive",
