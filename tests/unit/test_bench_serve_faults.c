@@ -28,6 +28,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -517,6 +518,64 @@ static void test_interrupt(void)
     fake_stop(&f);
 }
 
+/* The command line on top: `$LOOM_BIN bench serve ... --json FILE` against the fake server. */
+static json_t *run_cli(const struct fake *f, const char *extra, int *status)
+{
+    const char *bin = getenv("LOOM_BIN");
+    char path[] = "/tmp/loom_bench_cli_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "'%s' bench serve --base-url http://127.0.0.1:%d --model m --no-progress "
+             "--timeout 2 --json %s %s >/dev/null 2>&1", bin, f->port, path, extra);
+    int rc = system(cmd);
+    *status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    json_t *j = json_load_file(path, 0, NULL);
+    unlink(path);
+    return j;
+}
+
+static void test_cli(void)
+{
+    const char *bin = getenv("LOOM_BIN");
+    if (!bin || access(bin, X_OK)) {
+        printf("note: LOOM_BIN not set or not executable: the command-line checks are left out\n");
+        return;
+    }
+    struct fake f;
+    CHECK(fake_start(&f, true) == 0);
+    int st;
+    /* 5 prompts of 4 ids asking for 6 tokens: 20 in, 30 out, vLLM's key names */
+    json_t *j = run_cli(&f, "--num-prompts 5 --random-input-len 4 --random-output-len 6 --request-rate 100 "
+                            "--metric-percentiles 50,99.9 --goodput ttft:10000", &st);
+    CHECK_EQ_INT(st, 0);
+    CHECK(j != NULL);
+    CHECK_EQ_STR(json_string_value(json_object_get(j, "benchmark")), "serve");
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "completed")), 5);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "failed")), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "total_input_tokens")), 20);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "total_output_tokens")), 30);
+    CHECK(json_real_value(json_object_get(j, "p99.9_ttft_ms")) >= 19.0);
+    CHECK(json_real_value(json_object_get(j, "median_tpot_ms")) > 0);
+    CHECK(json_is_real(json_object_get(j, "request_goodput")));
+    CHECK(json_is_object(json_object_get(j, "machine")) && json_is_object(json_object_get(j, "git")));
+    CHECK(json_is_array(json_object_get(j, "argv")));
+    json_decref(j);
+    /* every request answered 500: a finished report, the failures counted, exit status 0 */
+    j = run_cli(&f, "--num-prompts 4 --random-output-len 500", &st);
+    CHECK_EQ_INT(st, 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "completed")), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "failed")), 4);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(j, "failures"), "http")), 4);
+    CHECK_EQ_INT(json_array_size(json_object_get(j, "errors")), 4);
+    json_decref(j);
+    /* bad flags are usage errors */
+    j = run_cli(&f, "--goodput foo:1", &st);
+    CHECK_EQ_INT(st, 2);
+    json_decref(j);
+    fake_stop(&f);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -524,5 +583,6 @@ int main(void)
     test_stall();
     test_mixed();
     test_interrupt();
+    test_cli();
     return test_report();
 }
