@@ -536,11 +536,20 @@ int loom_server_port(const struct loom_server *s)
     return s->port;
 }
 
-/* Waits until no job is in flight or the deadline passes. Returns the jobs left. */
-static int wait_jobs(struct loom_server *s, double deadline)
+void loom_server_hurry(struct loom_server *s)
 {
     pthread_mutex_lock(&s->lock);
-    while (s->n_jobs > 0 && loom_now() < deadline) {
+    s->hurry = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Waits until no job is in flight or the deadline passes (or, when interruptible, a hurry). Returns the
+ * jobs left. */
+static int wait_jobs(struct loom_server *s, double deadline, bool interruptible)
+{
+    pthread_mutex_lock(&s->lock);
+    while (s->n_jobs > 0 && loom_now() < deadline && !(interruptible && s->hurry)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 50 * 1000000L;
@@ -606,24 +615,30 @@ void loom_server_shutdown(struct loom_server *s, double drain_s)
     if (ls != MHD_INVALID_SOCKET) close(ls);
     int left = loom_server_inflight(s);
     if (left) LOG_INFO("shutdown: waiting up to %.0fs for %d request(s) in flight", drain_s, left);
-    left = wait_jobs(s, loom_now() + drain_s);
+    left = wait_jobs(s, loom_now() + drain_s, true);
     if (left) {
         LOG_WARN("shutdown: aborting %d request(s) still running", left);
         for_each_job(s, job_cancel);
-        left = wait_jobs(s, loom_now() + 5.0);
+        left = wait_jobs(s, loom_now() + 5.0, false);
     }
     if (left) { /* the engine did not answer the aborts: end the responses ourselves */
         for_each_job(s, job_force_end);
-        left = wait_jobs(s, loom_now() + 5.0);
+        left = wait_jobs(s, loom_now() + 5.0, false);
     }
     pthread_mutex_lock(&s->lock);
     s->watchdog_stop = true;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     if (s->watchdog_running) pthread_join(s->watchdog, NULL);
-    if (left)
-        LOG_ERROR("shutdown: %d connection(s) still parked; exiting without closing the daemon", left);
-    else
-        MHD_stop_daemon(s->daemon);
-    if (!left) server_free(s);
+    if (left) {
+        LOG_ERROR("shutdown: %d connection(s) still parked; leaving the daemon running", left);
+        return;
+    }
+    MHD_stop_daemon(s->daemon);
+    s->stopped = true;
+}
+
+void loom_server_free(struct loom_server *s)
+{
+    if (s && s->stopped) server_free(s); /* else the daemon may still call into it: leave it */
 }

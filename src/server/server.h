@@ -63,8 +63,11 @@ struct loom_server;
 int loom_server_start(const struct loom_server_options *o, struct loom_server **out);
 int loom_server_port(const struct loom_server *s);
 /* Graceful stop: stops accepting, waits up to drain_s seconds for requests in flight to finish, aborts
- * the rest, then closes every connection and frees the server. The engine must still be running. */
+ * the rest, then closes every connection. The engine must still be running. */
 void loom_server_shutdown(struct loom_server *s, double drain_s);
+void loom_server_free(struct loom_server *s); /* after loom_server_shutdown */
+/* Cuts a running loom_server_shutdown's drain short (a second SIGINT): what is left is aborted now. */
+void loom_server_hurry(struct loom_server *s);
 /* Requests in flight (waiting for or receiving engine output). */
 int loom_server_inflight(struct loom_server *s);
 
@@ -152,6 +155,8 @@ struct loom_server {
     struct loom_job *jobs;
     int n_jobs;
     bool draining;
+    bool hurry;   /* loom_server_hurry: stop waiting for the drain */
+    bool stopped; /* the daemon is stopped (every connection closed) */
 
     pthread_t watchdog;
     bool watchdog_running, watchdog_stop;
