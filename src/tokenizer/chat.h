@@ -17,6 +17,10 @@ struct loom_chat_template;
  * "default" is taken; "tool_use" when tools are given and it exists), bos_token and eos_token.
  * LOOM_ENOTFOUND if the config has no template. */
 int loom_chat_template_from_config(const char *tokenizer_config_json, size_t len, struct loom_chat_template **out);
+/* From a model folder: tokenizer_config.json (special tokens, chat_template), overridden by the files
+ * transformers saves, chat_template.jinja ("default") and additional_chat_templates/NAME.jinja.
+ * LOOM_ENOTFOUND if there is no template. */
+int loom_chat_template_load(const char *dir, struct loom_chat_template **out);
 /* From template source and the special token strings (nullable). */
 int loom_chat_template_create(const char *source, const char *bos_token, const char *eos_token,
                               struct loom_chat_template **out);
