@@ -4,8 +4,8 @@
 # cuda-labelled test, optionally times `loom bench`, and prints a short table last. Logs go to $OUT.
 #
 #   bash bench/cuda/device_check.sh                 # cmake + build here (needs nvcc, cmake, pkg-config deps)
-#   BIN=.dev/cuda-bin bash bench/cuda/device_check.sh   # run what bench/cuda/pack.sh built here (carried)
-#   BENCH="cmd ..." ...                             # also run this benchmark command, its output to $OUT/bench.log
+#   BIN=.dev/cuda-bin.tgz bash bench/cuda/device_check.sh   # what bench/cuda/pack.sh built here (carried)
+#   BENCH="cmd ..." ...          # also run this command ($BIN is the binaries' folder), output in $OUT/bench.log
 #
 # LOOM_SHARED (the ../shared test data) defaults to .dev/shared: the device tool copies only the
 # repository, so the models travel as a carried, git-ignored folder (see bench/cuda/README.md).
@@ -28,6 +28,9 @@ T0=$(date +%s)
 } 2>&1 | tee "$OUT/env.txt"
 
 BIN=${BIN:-}
+if [ -f "$BIN" ]; then # a tarball from pack.sh
+    mkdir -p /tmp/loom-bin && tar -C /tmp/loom-bin -xzf "$BIN" && BIN=/tmp/loom-bin/cuda-bin
+fi
 if [ -z "$BIN" ]; then
     echo "== building (cmake, sm_90)"
     if ! { cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
@@ -38,8 +41,9 @@ if [ -z "$BIN" ]; then
     fi
     BIN=build-cuda/tests
 else
-    export LD_LIBRARY_PATH="$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export LOOM_BIN="$PWD/$BIN/loom"
+    BIN=$(cd "$BIN" && pwd)
+    export LD_LIBRARY_PATH="$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LOOM_BIN="$BIN/loom"
 fi
 echo "== build/setup took $(( $(date +%s) - T0 ))s"
 

@@ -3,8 +3,9 @@
 # needs the GPU). Builds build-cuda for sm_90, copies the cuda tests (and loom, when it links) into
 # .dev/cuda-bin with the shared libraries the device image lacks (jansson, pcre2, utf8proc, microhttpd
 # and their dependencies; CUDA and libc come from the image) in .dev/cuda-bin/lib, and copies ../shared's
-# models and configs into .dev/shared. Both folders are git-ignored (.dev/); pass them in the device
-# tool's `carry` and run:  BIN=.dev/cuda-bin bash bench/cuda/device_check.sh
+# models and configs into .dev/shared. Both are git-ignored (.dev/). The device tool's `carry` takes
+# .dev/cuda-bin.tgz (the binaries, compressed) and .dev/shared; there run
+#   BIN=.dev/cuda-bin.tgz bash bench/cuda/device_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHARED=${LOOM_SHARED_SRC:-../shared}
@@ -38,5 +39,8 @@ for b in .dev/cuda-bin/*; do
         grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
         while read -r lib; do cp -L -n "$lib" .dev/cuda-bin/lib/ 2>/dev/null || true; done || true
 done
-du -sh .dev/cuda-bin .dev/shared
+strip --strip-debug .dev/cuda-bin/test_cuda_* .dev/cuda-bin/decode_bench .dev/cuda-bin/loom 2>/dev/null || true
+# binaries compress about 3x: the tarball is what travels (the device tool carries 64 MiB at most)
+rm -f .dev/cuda-bin.tgz; tar -C .dev -czf .dev/cuda-bin.tgz cuda-bin
+du -sh .dev/cuda-bin .dev/cuda-bin.tgz .dev/shared
 ls .dev/cuda-bin .dev/cuda-bin/lib

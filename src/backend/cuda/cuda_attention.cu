@@ -16,6 +16,7 @@
 #define ATTN_TILE 32
 #define ATTN_THREADS 128
 #define ATTN_MAX_SPLITS 64
+#define ATTN_MAX_COUNTERS 4096
 
 struct attn_params {
     void *out;
@@ -27,14 +28,16 @@ struct attn_params {
     float scale;
     int window;
     int n_splits;
-    float *ws; /* [n_tokens, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
+    int vec;       /* K/V rows 16-byte aligned: load them 16 bytes at a time */
+    float *ws;     /* [n_tokens, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
+    int *counters; /* [n_tokens * n_kv_heads] zero between launches: splits done so far */
 };
 
 static size_t attn_smem_bytes(int group, int head_dim)
 {
-    /* q[G][D], k[T][D+1], v[T][D], p[G][T], acc[G][D], m/l/alpha[G] */
+    /* q[G][D], k[T][D+1], v[T][D], p[G][T], acc[G][D], m/l/alpha[G], slots[T] + last flag */
     size_t f = (size_t)group * head_dim + ATTN_TILE * (head_dim + 1) + ATTN_TILE * head_dim + group * ATTN_TILE +
-               (size_t)group * head_dim + 3 * group;
+               (size_t)group * head_dim + 3 * group + ATTN_TILE + 1;
     return f * sizeof(float);
 }
 
@@ -50,6 +53,8 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     float *mrow = acc + G * D;
     float *lrow = mrow + G;
     float *arow = lrow + G;
+    int *slot_s = (int *)(arow + G);
+    int *last_s = slot_s + ATTN_TILE;
 
     const int tok = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     /* the sequence of this token: the last s with query_start[s] <= tok */
@@ -66,7 +71,8 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     const int pos = P.seq_lens[s] - q_len + (tok - q0);
     const int first = P.window > 0 ? max(0, pos - P.window + 1) : 0;
     const int len = pos - first + 1;
-    const int chunk = (len + P.n_splits - 1) / P.n_splits;
+    /* whole tiles per split, so that only the last tile of a range is partial */
+    const int chunk = ((len + P.n_splits - 1) / P.n_splits + ATTN_TILE - 1) / ATTN_TILE * ATTN_TILE;
     const int start = first + split * chunk;
     const int end = min(pos + 1, start + chunk);
     const int32_t *bt = P.block_tables + (int64_t)s * P.max_blocks;
@@ -83,16 +89,37 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     const T *kc = (const T *)P.kc + (int64_t)kvh * D;
     const T *vc = (const T *)P.vc + (int64_t)kvh * D;
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    constexpr int EPC = 16 / sizeof(T); /* elements per 16-byte load */
 
     for (int t0 = start; t0 < end; t0 += ATTN_TILE) {
         const int nt = min(ATTN_TILE, end - t0);
         __syncthreads(); /* the previous tile's readers are done */
-        for (int i = threadIdx.x; i < nt * D; i += blockDim.x) {
-            int t = i / D, d = i - t * D;
-            int p = t0 + t;
-            int64_t slot = (int64_t)bt[p / P.block_size] * P.block_size + p % P.block_size;
-            ks[t * (D + 1) + d] = to_f(kc[slot * P.k_stride + d]);
-            vs[t * D + d] = to_f(vc[slot * P.v_stride + d]);
+        if (threadIdx.x < nt) {
+            int p = t0 + threadIdx.x;
+            slot_s[threadIdx.x] = bt[p / P.block_size] * P.block_size + p % P.block_size;
+        }
+        __syncthreads();
+        if (P.vec) {
+            const int cpr = D / EPC; /* 16-byte chunks per row */
+            for (int i = threadIdx.x; i < nt * cpr; i += blockDim.x) {
+                int t = i / cpr, d = (i - t * cpr) * EPC;
+                int64_t slot = slot_s[t];
+                float kf[EPC], vf[EPC];
+                unpack16<T>(__ldg((const uint4 *)(kc + slot * P.k_stride + d)), kf);
+                unpack16<T>(__ldg((const uint4 *)(vc + slot * P.v_stride + d)), vf);
+#pragma unroll
+                for (int e = 0; e < EPC; e++) {
+                    ks[t * (D + 1) + d + e] = kf[e];
+                    vs[t * D + d + e] = vf[e];
+                }
+            }
+        } else {
+            for (int i = threadIdx.x; i < nt * D; i += blockDim.x) {
+                int t = i / D, d = i - t * D;
+                int64_t slot = slot_s[t];
+                ks[t * (D + 1) + d] = to_f(kc[slot * P.k_stride + d]);
+                vs[t * D + d] = to_f(vc[slot * P.v_stride + d]);
+            }
         }
         __syncthreads();
         for (int i = threadIdx.x; i < G * ATTN_TILE; i += blockDim.x) {
@@ -138,44 +165,47 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     __syncthreads();
 
     const int h0 = kvh * G;
+    T *out = (T *)P.out + (int64_t)tok * P.out_stride + (int64_t)h0 * D;
     if (P.n_splits == 1) {
-        T *out = (T *)P.out + (int64_t)tok * P.out_stride + (int64_t)h0 * D;
         for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
             int g = i / D;
             float l = lrow[g];
             out[i] = from_f<T>(l > 0.f ? acc[i] / l : 0.f);
         }
-    } else {
-        for (int i = threadIdx.x; i < G * (D + 2); i += blockDim.x) {
-            int g = i / (D + 2), j = i - g * (D + 2);
-            float *w = P.ws + (((int64_t)tok * P.n_heads + h0 + g) * P.n_splits + split) * (D + 2);
-            w[j] = j == 0 ? mrow[g] : j == 1 ? lrow[g] : acc[g * D + (j - 2)];
-        }
+        return;
     }
-}
-
-/* Merges the n_splits partials of each (token, head): one block per pair, threads over head_dim. */
-template <typename T>
-__global__ void attn_combine_kernel(void *out_, int64_t out_stride, const float *ws, int n_heads, int head_dim,
-                                    int n_splits)
-{
-    const int tok = blockIdx.x, h = blockIdx.y, D = head_dim;
-    const float *w = ws + ((int64_t)tok * n_heads + h) * n_splits * (D + 2);
-    float M = -INFINITY;
-    for (int z = 0; z < n_splits; z++) M = fmaxf(M, w[z * (D + 2)]);
-    float L = 0.f;
-    for (int z = 0; z < n_splits; z++) {
-        float m = w[z * (D + 2)];
-        if (m != -INFINITY) L += w[z * (D + 2) + 1] * __expf(m - M);
+    /* this split's partial (max, sum, unnormalized output) per head, then the last split to finish merges */
+    float *wbase = P.ws + ((int64_t)tok * P.n_heads + h0) * P.n_splits * (D + 2);
+    for (int i = threadIdx.x; i < G * (D + 2); i += blockDim.x) {
+        int g = i / (D + 2), j = i - g * (D + 2);
+        float *w = wbase + ((int64_t)g * P.n_splits + split) * (D + 2);
+        w[j] = j == 0 ? mrow[g] : j == 1 ? lrow[g] : acc[g * D + (j - 2)];
     }
-    T *out = (T *)out_ + (int64_t)tok * out_stride + (int64_t)h * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float a = 0.f;
-        for (int z = 0; z < n_splits; z++) {
-            float m = w[z * (D + 2)];
-            if (m != -INFINITY) a += w[z * (D + 2) + 2 + d] * __expf(m - M);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *ctr = P.counters + (int64_t)tok * P.n_kv_heads + kvh;
+        int done = atomicAdd(ctr, 1);
+        *last_s = done == P.n_splits - 1;
+        if (*last_s) *ctr = 0; /* ready for the next launch */
+    }
+    __syncthreads();
+    if (!*last_s) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int g = i / D, d = i - g * D;
+        const float *w = wbase + (int64_t)g * P.n_splits * (D + 2);
+        float M = -INFINITY;
+        for (int z = 0; z < P.n_splits; z++) M = fmaxf(M, __ldcg(w + z * (D + 2)));
+        float L = 0.f, a = 0.f;
+        for (int z = 0; z < P.n_splits; z++) {
+            float m = __ldcg(w + z * (D + 2));
+            if (m == -INFINITY) continue;
+            float e = __expf(m - M);
+            L += __ldcg(w + z * (D + 2) + 1) * e;
+            a += __ldcg(w + z * (D + 2) + 2 + d) * e;
         }
-        out[d] = from_f<T>(L > 0.f ? a / L : 0.f);
+        out[i] = from_f<T>(L > 0.f ? a / L : 0.f);
     }
 }
 
@@ -186,6 +216,8 @@ void cuda_attention_init(struct cuda_ctx *c)
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, ATTN_MAX_COUNTERS * sizeof(int)));
+    CUDA_CHECK(cudaMemset(c->attn_counters, 0, ATTN_MAX_COUNTERS * sizeof(int)));
 }
 
 template <typename T>
@@ -193,14 +225,11 @@ static void attn_launch(struct cuda_ctx *c, const struct attn_params *P, int n_t
 {
     dim3 grid(n_tokens, P->n_kv_heads, P->n_splits);
     cuda_launch(c, attn_kernel<T>, grid, dim3(ATTN_THREADS), smem, *P);
-    CUDA_LAUNCH_CHECK();
-    if (P->n_splits > 1) {
-        dim3 g2(n_tokens, P->n_heads);
-        int th = P->head_dim < 128 ? 64 : 128;
-        cuda_launch(c, attn_combine_kernel<T>, g2, dim3(th), 0, P->out, P->out_stride, P->ws, P->n_heads, P->head_dim,
-                                                         P->n_splits);
-        CUDA_LAUNCH_CHECK();
-    }
+}
+
+static bool aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
 }
 
 void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
@@ -217,6 +246,7 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     LOOM_ASSERT(q.rows >= n_tokens && out.rows >= n_tokens && meta->n_seqs > 0);
 
     struct attn_params P;
+    memset(&P, 0, sizeof P); /* padding too: launches are recorded and compared as bytes */
     P.out = out.data;
     P.q = q.data;
     P.kc = k_cache.data;
@@ -238,26 +268,27 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     P.scale = scale;
     P.window = sliding_window;
     P.ws = c->attn_ws;
+    P.counters = c->attn_counters;
+    size_t es = loom_dtype_size(q.dtype);
+    P.vec = head_dim * es % 16 == 0 && k_cache.stride * es % 16 == 0 && v_cache.stride * es % 16 == 0 &&
+            aligned16(k_cache.data) && aligned16(v_cache.data);
 
     size_t smem = attn_smem_bytes(P.group, head_dim);
     LOOM_ASSERT(smem <= c->smem_optin);
 
-    /* Split the context when the (token, kv head) blocks alone would leave SMs idle. */
+    /* Split the context when the (token, kv head) blocks alone would leave SMs idle (decode). The count
+     * is a power of two chosen from the longest context, so that consecutive decode steps launch the
+     * same grid (a graph replays them) while each block finds its own range from seq_lens on the GPU. */
     int64_t blocks = (int64_t)n_tokens * n_kv_heads;
     int max_len = meta->max_seq_len;
     if (sliding_window > 0 && max_len > sliding_window) max_len = sliding_window;
     int splits = 1;
     int64_t target = 2 * (int64_t)c->sm_count;
-    if (blocks < target && max_len > 2 * ATTN_TILE) {
-        splits = (int)((target + blocks - 1) / blocks);
-        int by_len = (max_len + 2 * ATTN_TILE - 1) / (2 * ATTN_TILE); /* at least 64 positions a split */
-        if (splits > by_len) splits = by_len;
-        if (splits > ATTN_MAX_SPLITS) splits = ATTN_MAX_SPLITS;
-        size_t per_split = (size_t)n_tokens * n_heads * (head_dim + 2) * sizeof(float);
-        size_t fit = LOOM_CUDA_ATTN_WS_BYTES / per_split;
-        if ((size_t)splits > fit) splits = (int)fit;
-        if (splits < 1) splits = 1;
-    }
+    int tiles = (max_len + ATTN_TILE - 1) / ATTN_TILE;
+    size_t per_split = (size_t)n_tokens * n_heads * (head_dim + 2) * sizeof(float);
+    while (splits < ATTN_MAX_SPLITS && blocks * splits * 2 <= target && splits * 2 <= tiles &&
+           per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= ATTN_MAX_COUNTERS)
+        splits *= 2;
     P.n_splits = splits;
 
     switch (q.dtype) {

@@ -52,30 +52,54 @@ static void *cuda_upload_weights(struct loom_backend *be, const void *src, size_
     cuda_flush(c);
     CUDA_CHECK(cudaMemcpyAsync(p, src, bytes, cudaMemcpyHostToDevice, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->pinned_used = 0;
     return p;
 }
 
 static void cuda_upload(struct loom_backend *be, void *dst, const void *src, size_t bytes)
 {
-    /* From pageable memory this returns once src has been staged, so the caller may reuse src. The
-     * pending segment goes first: it may read what dst holds now. */
+    /* The pending segment goes first: it may read what dst holds now. src is copied into the pinned
+     * staging (free again once the stream drains, at the next download or synchronize), so the caller
+     * may reuse it at once; past the staging's size, a copy from pageable memory (staged by the driver). */
     struct cuda_ctx *c = cuda_ctx_of(be);
     cuda_flush(c);
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    if (!bytes) return;
+    if (c->pinned_used + bytes <= LOOM_CUDA_PINNED_BYTES) {
+        unsigned char *st = c->pinned + c->pinned_used;
+        memcpy(st, src, bytes);
+        c->pinned_used += (bytes + 63) & ~(size_t)63;
+        CUDA_CHECK(cudaMemcpyAsync(dst, st, bytes, cudaMemcpyHostToDevice, c->stream));
+    } else {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    }
 }
 
 static void cuda_download(struct loom_backend *be, void *dst, const void *src, size_t bytes)
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
     cuda_flush(c);
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    if (c->profile) CUDA_CHECK(cudaEventRecord(c->prof_ev[0], c->stream));
+    bool staged = bytes && c->pinned_used + bytes <= LOOM_CUDA_PINNED_BYTES;
+    if (bytes)
+        CUDA_CHECK(cudaMemcpyAsync(staged ? c->pinned + c->pinned_used : dst, src, bytes, cudaMemcpyDeviceToHost,
+                                   c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (staged) memcpy(dst, c->pinned + c->pinned_used, bytes);
+    c->pinned_used = 0; /* the stream is drained: every staged upload has been read */
+    if (c->profile) {
+        float ms = 0;
+        CUDA_CHECK(cudaEventRecord(c->prof_ev[1], c->stream));
+        CUDA_CHECK(cudaEventSynchronize(c->prof_ev[1]));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[0], c->prof_ev[1]));
+        cuda_prof_add(c, (const void *)2, "download (device to pageable host)", ms);
+    }
 }
 
 static void cuda_synchronize(struct loom_backend *be)
 {
     cuda_flush(cuda_ctx_of(be));
     CUDA_CHECK(cudaStreamSynchronize(cuda_ctx_of(be)->stream));
+    cuda_ctx_of(be)->pinned_used = 0;
 }
 
 static void cuda_memory_info(struct loom_backend *be, size_t *free_bytes, size_t *total_bytes)
@@ -99,6 +123,8 @@ static void cuda_destroy(struct loom_backend *be)
     CUBLAS_CHECK(cublasDestroy(c->cublas));
     CUDA_CHECK(cudaFree(c->cublas_ws));
     CUDA_CHECK(cudaFree(c->attn_ws));
+    CUDA_CHECK(cudaFree(c->attn_counters));
+    CUDA_CHECK(cudaFreeHost(c->pinned));
     CUDA_CHECK(cudaStreamDestroy(c->stream));
     free(c);
     free(be);
@@ -155,6 +181,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     CUBLAS_CHECK(cublasSetWorkspace(c->cublas, c->cublas_ws, LOOM_CUDA_CUBLAS_WS_BYTES));
     CUBLAS_CHECK(cublasLtCreate(&c->cublaslt));
     CUDA_CHECK(cudaMalloc((void **)&c->attn_ws, LOOM_CUDA_ATTN_WS_BYTES));
+    CUDA_CHECK(cudaMallocHost((void **)&c->pinned, LOOM_CUDA_PINNED_BYTES));
 
     enum loom_dtype act = opts ? opts->act_dtype : LOOM_DTYPE_BF16;
     if (act != LOOM_DTYPE_F32 && act != LOOM_DTYPE_F16 && act != LOOM_DTYPE_BF16) act = LOOM_DTYPE_BF16;

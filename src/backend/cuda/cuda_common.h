@@ -39,6 +39,9 @@ extern "C" {
 
 /* Bytes of the split-softmax workspace for decode attention (partial max, sum and output rows). */
 #define LOOM_CUDA_ATTN_WS_BYTES (64u << 20)
+/* Page-locked staging: a step's metadata uploads and its logits download go through it (a copy from
+ * pageable memory is synchronous and slower). */
+#define LOOM_CUDA_PINNED_BYTES (16u << 20)
 /* cuBLAS workspace (set explicitly so that graph capture never allocates). */
 #define LOOM_CUDA_CUBLAS_WS_BYTES (32u << 20)
 
@@ -93,6 +96,9 @@ struct cuda_ctx {
     cublasLtHandle_t cublaslt;
     void *cublas_ws;             /* [LOOM_CUDA_CUBLAS_WS_BYTES] */
     float *attn_ws;              /* [LOOM_CUDA_ATTN_WS_BYTES / 4] split-softmax partials */
+    int *attn_counters;          /* split-attention completion counters, zero between launches */
+    unsigned char *pinned;       /* [LOOM_CUDA_PINNED_BYTES] page-locked staging for uploads and downloads */
+    size_t pinned_used;          /* bytes of it that queued uploads still read (reset when the stream drains) */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
 
     bool graphs;                 /* record and replay (LOOM_CUDA_GRAPHS=0 turns it off) */
@@ -105,6 +111,13 @@ struct cuda_ctx {
     int n_seen;
     uint64_t tick;
     long long graph_replays, graph_builds, direct_segments; /* counters, for logs and tests */
+
+    /* LOOM_CUDA_PROFILE=1: every segment is launched op by op between events and timed (slow; a
+     * development aid): per-kernel totals print at destroy. */
+    bool profile;
+    cudaEvent_t *prof_ev;        /* [2 * REC_CAP] */
+    struct cuda_prof_row { const void *func; const char *name; long long count; double ms; } prof[96];
+    int n_prof;
 };
 
 static inline struct cuda_ctx *cuda_ctx_of(struct loom_backend *be)
@@ -144,6 +157,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 void cuda_rec_init(struct cuda_ctx *c);
 void cuda_rec_free(struct cuda_ctx *c);
+void cuda_prof_add(struct cuda_ctx *c, const void *func, const char *name, double ms);
 /* Issues the pending segment (a graph replay, a new graph, or op by op). */
 void cuda_flush(struct cuda_ctx *c);
 struct cuda_rec *cuda_rec_new(struct cuda_ctx *c, int kind, const void *func, dim3 grid, dim3 block, unsigned smem);
@@ -170,6 +184,40 @@ static inline void cuda_launch(struct cuda_ctx *c, void (*kern)(KA...), dim3 gri
     }
     struct cuda_rec *r = cuda_rec_new(c, CUDA_REC_KERNEL, (const void *)kern, grid, block, (unsigned)smem);
     (cuda_rec_put<KA>(c, r, static_cast<KA>(args)), ...);
+}
+
+/* 16 bytes of 16-bit floats -> 8 floats (the third argument only picks the type) */
+__device__ __forceinline__ void unpack8(uint4 v, float *f, const __nv_bfloat16 *)
+{
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ void unpack8(uint4 v, float *f, const __half *)
+{
+    const __half2 *h = (const __half2 *)&v;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __half22float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+/* 16 bytes of T -> 16 / sizeof(T) floats */
+template <typename T> __device__ __forceinline__ void unpack16(uint4 v, float *f)
+{
+    if constexpr (sizeof(T) == 4) {
+        f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y), f[2] = __uint_as_float(v.z);
+        f[3] = __uint_as_float(v.w);
+    } else {
+        unpack8(v, f, (const T *)0);
+    }
 }
 
 static inline bool cuda_is_float_dtype(enum loom_dtype t)

@@ -14,6 +14,7 @@
  */
 #include "backend/cuda/cuda_common.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #define REC_CAP 8192
@@ -24,14 +25,52 @@ void cuda_rec_init(struct cuda_ctx *c)
 {
     const char *e = getenv("LOOM_CUDA_GRAPHS");
     c->graphs = !(e && !strcmp(e, "0"));
+    e = getenv("LOOM_CUDA_PROFILE");
+    c->profile = e && strcmp(e, "0");
+    if (c->profile) {
+        c->graphs = true; /* records, issued op by op between events */
+        c->prof_ev = (cudaEvent_t *)loom_malloc(sizeof(cudaEvent_t) * 2 * REC_CAP);
+        for (int i = 0; i < 2 * REC_CAP; i++) CUDA_CHECK(cudaEventCreate(&c->prof_ev[i]));
+    }
     c->cap_recs = REC_CAP;
     c->recs = (struct cuda_rec *)loom_malloc(sizeof(struct cuda_rec) * REC_CAP);
     c->blob_cap = BLOB_CAP;
     c->blob = (unsigned char *)loom_malloc(BLOB_CAP);
 }
 
+void cuda_prof_add(struct cuda_ctx *c, const void *func, const char *name, double ms)
+{
+    int i = 0;
+    while (i < c->n_prof && c->prof[i].func != func) i++;
+    if (i == c->n_prof) {
+        if (c->n_prof == (int)(sizeof c->prof / sizeof c->prof[0])) return;
+        c->prof[i].func = func;
+        c->prof[i].name = name;
+        c->n_prof++;
+    }
+    c->prof[i].count++;
+    c->prof[i].ms += ms;
+}
+
+static int prof_cmp(const void *a, const void *b)
+{
+    double x = ((const struct cuda_ctx::cuda_prof_row *)a)->ms, y = ((const struct cuda_ctx::cuda_prof_row *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 void cuda_rec_free(struct cuda_ctx *c)
 {
+    if (c->profile) {
+        qsort(c->prof, c->n_prof, sizeof c->prof[0], prof_cmp);
+        double total = 0;
+        for (int i = 0; i < c->n_prof; i++) total += c->prof[i].ms;
+        fprintf(stderr, "cuda profile: %.3f ms of GPU time in %d kinds of work\n", total, c->n_prof);
+        for (int i = 0; i < c->n_prof; i++)
+            fprintf(stderr, "  %8.3f ms %5.1f%% %8lld x %7.2f us  %.90s\n", c->prof[i].ms, 100 * c->prof[i].ms / total,
+                    c->prof[i].count, 1e3 * c->prof[i].ms / c->prof[i].count, c->prof[i].name);
+        for (int i = 0; i < 2 * REC_CAP; i++) CUDA_CHECK(cudaEventDestroy(c->prof_ev[i]));
+        free(c->prof_ev);
+    }
     for (int i = 0; i < CUDA_GRAPH_CACHE; i++) {
         struct cuda_graph_entry *g = &c->cache[i];
         if (!g->recs) continue;
@@ -94,13 +133,25 @@ static void issue_all(struct cuda_ctx *c, const struct cuda_rec *recs, int n, co
     void *args[CUDA_REC_MAX_ARGS];
     for (int i = 0; i < n; i++) {
         const struct cuda_rec *r = &recs[i];
+        if (c->profile) CUDA_CHECK(cudaEventRecord(c->prof_ev[2 * i], c->stream));
         if (r->kind == CUDA_REC_GEMM) {
             gemm_issue(c, (const struct cuda_gemm_args *)(blob + r->off + r->arg_off[0]));
-            continue;
+        } else {
+            for (int a = 0; a < r->n_args; a++) args[a] = (void *)(blob + r->off + r->arg_off[a]);
+            CUDA_CHECK(cudaLaunchKernel(r->func, dim3(r->grid[0], r->grid[1], r->grid[2]),
+                                        dim3(r->block[0], r->block[1], r->block[2]), args, r->smem, c->stream));
         }
-        for (int a = 0; a < r->n_args; a++) args[a] = (void *)(blob + r->off + r->arg_off[a]);
-        CUDA_CHECK(cudaLaunchKernel(r->func, dim3(r->grid[0], r->grid[1], r->grid[2]),
-                                    dim3(r->block[0], r->block[1], r->block[2]), args, r->smem, c->stream));
+        if (c->profile) CUDA_CHECK(cudaEventRecord(c->prof_ev[2 * i + 1], c->stream));
+    }
+    if (c->profile) {
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        for (int i = 0; i < n; i++) {
+            float ms = 0;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[2 * i], c->prof_ev[2 * i + 1]));
+            const char *name = "cublasGemmEx";
+            if (recs[i].kind == CUDA_REC_KERNEL && cudaFuncGetName(&name, recs[i].func) != cudaSuccess) name = "?";
+            cuda_prof_add(c, recs[i].kind == CUDA_REC_KERNEL ? recs[i].func : (const void *)1, name, ms);
+        }
     }
 }
 
@@ -183,7 +234,7 @@ static void build_and_launch(struct cuda_ctx *c, uint64_t h)
 void cuda_flush(struct cuda_ctx *c)
 {
     if (c->n_recs == 0) return;
-    if (c->n_recs < CUDA_GRAPH_MIN_OPS) {
+    if (c->n_recs < CUDA_GRAPH_MIN_OPS || c->profile) {
         issue_all(c, c->recs, c->n_recs, c->blob);
         c->direct_segments++;
     } else {

@@ -88,49 +88,30 @@ __global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void 
 #define GEMV_MAX_N 8
 #define GEMV_WARPS 4
 
-__device__ __forceinline__ void unpack8(uint4 v, float *f, const __nv_bfloat16 *)
-{
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(h[i]);
-        f[2 * i] = t.x;
-        f[2 * i + 1] = t.y;
-    }
-}
-
-__device__ __forceinline__ void unpack8(uint4 v, float *f, const __half *)
-{
-    const __half2 *h = (const __half2 *)&v;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __half22float2(h[i]);
-        f[2 * i] = t.x;
-        f[2 * i + 1] = t.y;
-    }
-}
-
-template <typename TW, typename TX, int NB>
+template <typename TW, typename TX, int NB, int KW>
 __global__ void __launch_bounds__(32 * GEMV_WARPS)
     gemv_kernel(void *out, int odt, int64_t ostride, const TX *__restrict__ x, int64_t xstride,
                 const TW *__restrict__ w, int64_t wstride, const void *bias, int bdt, int m, int k)
 {
-    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= m) return;
-    const TW *wr = w + (int64_t)row * wstride;
+    /* KW warps share a row (long k): each takes every KW-th 256-element slice, then they add up */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (GEMV_WARPS / KW) + warp / KW, part = warp % KW;
     float acc[NB];
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
-#pragma unroll 2
-    for (int c = lane * 8; c < k; c += 256) {
-        float wf[8];
-        unpack8(__ldg((const uint4 *)(wr + c)), wf, (const TW *)0);
+    if (row < m) {
+        const TW *wr = w + (int64_t)row * wstride;
+#pragma unroll 4
+        for (int c = (part * 32 + lane) * 8; c < k; c += 256 * KW) {
+            float wf[8];
+            unpack8(__ldg((const uint4 *)(wr + c)), wf, (const TW *)0);
 #pragma unroll
-        for (int b = 0; b < NB; b++) {
-            float xf[8];
-            unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
+            for (int b = 0; b < NB; b++) {
+                float xf[8];
+                unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
 #pragma unroll
-            for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+                for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+            }
         }
     }
 #pragma unroll
@@ -138,7 +119,22 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
     }
-    if (lane < NB) {
+    if (KW > 1) {
+        __shared__ float red[GEMV_WARPS][NB];
+        if (lane == 0)
+#pragma unroll
+            for (int b = 0; b < NB; b++) red[warp][b] = acc[b];
+        __syncthreads();
+        if (part == 0)
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                float t = 0.f;
+#pragma unroll
+                for (int j = 0; j < KW; j++) t += red[warp + j][b];
+                acc[b] = t;
+            }
+    }
+    if (part == 0 && row < m && lane < NB) {
         float v = 0.f;
 #pragma unroll
         for (int b = 0; b < NB; b++)
@@ -148,20 +144,21 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
     }
 }
 
-template <typename TW, typename TX>
-static void gemv_launch(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
-                        const struct loom_tensor *bias)
+template <typename TW, typename TX, int KW>
+static void gemv_launch_kw(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                           const struct loom_tensor *bias)
 {
     int n = (int)x.rows, m = (int)w.rows, k = (int)x.cols;
-    dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
+    const int rows_per_block = GEMV_WARPS / KW;
+    dim3 grid((m + rows_per_block - 1) / rows_per_block);
     const void *bd = bias ? bias->data : NULL;
     int bdt = bias ? bias->dtype : 0;
     const TX *xp = (const TX *)x.data;
     const TW *wp = (const TW *)w.data;
 #define GEMV_CASE(NB)                                                                                    \
     case NB:                                                                                             \
-        cuda_launch(c, gemv_kernel<TW, TX, NB>, dim3(grid), dim3(32 * GEMV_WARPS), 0, out.data, out.dtype, out.stride, xp, x.stride, wp, \
-                                                                  w.stride, bd, bdt, m, k);              \
+        cuda_launch(c, gemv_kernel<TW, TX, NB, KW>, grid, dim3(32 * GEMV_WARPS), 0, out.data, out.dtype, out.stride, \
+                    xp, x.stride, wp, w.stride, bd, bdt, m, k);                                          \
         break;
     switch (n) {
         GEMV_CASE(1)
@@ -175,7 +172,20 @@ static void gemv_launch(struct cuda_ctx *c, struct loom_tensor out, struct loom_
     default: LOOM_DIE("gemv: n = %d", n);
     }
 #undef GEMV_CASE
-    CUDA_LAUNCH_CHECK();
+}
+
+/* Warps per row: about four 16-byte loads per lane in flight, at most 4 warps on one row. */
+template <typename TW, typename TX>
+static void gemv_launch(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
+                        const struct loom_tensor *bias)
+{
+    int k = (int)x.cols;
+    if (k <= 1024)
+        gemv_launch_kw<TW, TX, 1>(c, out, x, w, bias);
+    else if (k <= 2048)
+        gemv_launch_kw<TW, TX, 2>(c, out, x, w, bias);
+    else
+        gemv_launch_kw<TW, TX, 4>(c, out, x, w, bias);
 }
 
 static bool aligned16(const void *p)
