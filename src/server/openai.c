@@ -105,13 +105,44 @@ static void reply_error(struct loom_http_reply *out, int status, const char *par
 /* ---------------------------------------------------------------------------------------------- */
 /* Tokens */
 
-/* One token's text (special tokens kept), as logprobs report it. Caller frees. */
-static char *token_text(struct loom_server *s, int32_t id, size_t *len)
+/* How logprobs name tokens: the text a token adds after the token before it (prev, -1 = none), so
+ * that the names concatenate to the output text (a SentencePiece "▁was" after another token is
+ * " was", not "was"); or "token_id:N" (return_tokens_as_token_ids, or no tokenizer). */
+struct lp_ctx {
+    struct loom_server *s;
+    bool as_ids;
+    int32_t prev;
+};
+
+static char *decode_ids(struct loom_server *s, const int32_t *ids, int n, size_t *len)
 {
     char *text = NULL;
+    if (loom_tokenizer_decode(s->opts.tokenizer, ids, n, false, &text, len) != LOOM_OK) return NULL;
+    return text;
+}
+
+/* Caller frees. */
+static char *token_text(const struct lp_ctx *cx, int32_t id, bool as_id, size_t *len)
+{
+    struct loom_server *s = cx->s;
     *len = 0;
-    if (s->opts.tokenizer && loom_tokenizer_decode(s->opts.tokenizer, &id, 1, false, &text, len) == LOOM_OK)
-        return text;
+    if (!as_id && s->opts.tokenizer) {
+        if (cx->prev >= 0) {
+            int32_t pair[2] = {cx->prev, id};
+            size_t l1 = 0, l2 = 0;
+            char *a = decode_ids(s, pair, 1, &l1), *b = a ? decode_ids(s, pair, 2, &l2) : NULL;
+            if (a && b && l2 >= l1 && !memcmp(a, b, l1)) {
+                memmove(b, b + l1, l2 - l1 + 1);
+                *len = l2 - l1;
+                free(a);
+                return b;
+            }
+            free(a);
+            free(b);
+        }
+        char *t = decode_ids(s, &id, 1, len);
+        if (t) return t;
+    }
     char buf[32];
     int n = snprintf(buf, sizeof(buf), "token_id:%d", id); /* vLLM's form when there is no text */
     *len = (size_t)n;
@@ -131,11 +162,11 @@ static json_t *bytes_json(const char *s, size_t n)
 }
 
 /* chat: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]} */
-static json_t *chat_logprob_entry(struct loom_server *s, const struct loom_token_logprob *tok,
+static json_t *chat_logprob_entry(const struct lp_ctx *cx, const struct loom_token_logprob *tok,
                                   const struct loom_token_logprob *top, int top_k, int want_top)
 {
     size_t n;
-    char *t = token_text(s, tok->token_id, &n);
+    char *t = token_text(cx, tok->token_id, cx->as_ids, &n);
     json_t *e = json_object();
     json_object_set_new(e, "token", loom_api_json_string(t, n));
     json_object_set_new(e, "logprob", json_real(clamp_lp(tok->logprob)));
@@ -143,7 +174,7 @@ static json_t *chat_logprob_entry(struct loom_server *s, const struct loom_token
     free(t);
     json_t *tops = json_array();
     for (int k = 0; k < top_k && k < want_top; k++) {
-        char *tt = token_text(s, top[k].token_id, &n);
+        char *tt = token_text(cx, top[k].token_id, cx->as_ids, &n);
         json_t *te = json_object();
         json_object_set_new(te, "token", loom_api_json_string(tt, n));
         json_object_set_new(te, "logprob", json_real(clamp_lp(top[k].logprob)));
@@ -168,16 +199,20 @@ static json_t *completion_logprobs_new(void)
 
 /* Appends one token. tok NULL = the first prompt token (no logprob: null entries). *offset advances
  * by the token's length in code points. */
-static void completion_logprobs_add(struct loom_server *s, json_t *o, int32_t id,
+static void completion_logprobs_add(const struct lp_ctx *cx, json_t *o, int32_t id,
                                     const struct loom_token_logprob *tok,
                                     const struct loom_token_logprob *top, int top_k, int want_top,
                                     size_t *offset)
 {
     size_t n;
-    char *t = token_text(s, id, &n);
+    bool as_ids = cx->as_ids;
+    char *t = token_text(cx, id, as_ids, &n);
     json_array_append_new(json_object_get(o, "tokens"), loom_api_json_string(t, n));
     json_array_append_new(json_object_get(o, "text_offset"), json_integer((json_int_t)*offset));
-    *offset += loom_api_utf8_chars(t, n);
+    size_t tn = n;
+    char *text = as_ids ? token_text(cx, id, false, &tn) : t; /* offsets count the real text */
+    *offset += loom_api_utf8_chars(text, tn);
+    if (text != t) free(text);
     if (!tok) {
         json_array_append_new(json_object_get(o, "token_logprobs"), json_null());
         json_array_append_new(json_object_get(o, "top_logprobs"), json_null());
@@ -188,7 +223,7 @@ static void completion_logprobs_add(struct loom_server *s, json_t *o, int32_t id
     json_t *tops = json_object();
     for (int k = 0; k < top_k && k < want_top; k++) {
         size_t tn;
-        char *tt = token_text(s, top[k].token_id, &tn);
+        char *tt = token_text(cx, top[k].token_id, as_ids, &tn);
         char *key = loom_api_utf8_repair(tt, tn, NULL);
         json_object_set_new(tops, key, json_real(clamp_lp(top[k].logprob)));
         free(key);
@@ -238,6 +273,8 @@ struct gen_choice {
     bool started, finished;
     enum loom_finish_reason finish;
     json_t *stop_reason; /* token id, string or null */
+    int32_t
+        prev_token; /* the last token so far (the prompt's last at first): logprobs name tokens in context */
     double t_last, ttft;
 };
 
@@ -476,11 +513,14 @@ static void on_output(const struct loom_output *o, void *user)
     if (!chat && g->req.echo && want >= 0 && o->prompt_logprobs && !gp->echo_logprobs) {
         gp->echo_logprobs = completion_logprobs_new();
         size_t off = 0;
-        for (int i = 0; i < gp->n_ids; i++)
+        struct lp_ctx cx = {s, g->req.return_tokens_as_token_ids, -1};
+        for (int i = 0; i < gp->n_ids; i++) {
             completion_logprobs_add(
-                s, gp->echo_logprobs, gp->ids[i], i ? &o->prompt_logprobs[i] : NULL,
+                &cx, gp->echo_logprobs, gp->ids[i], i ? &o->prompt_logprobs[i] : NULL,
                 o->prompt_top_logprobs ? o->prompt_top_logprobs + (size_t)i * o->prompt_top_k : NULL,
                 o->prompt_top_k, want, &off);
+            cx.prev = gp->ids[i];
+        }
     }
     bool finishing = o->finish_reason != LOOM_FINISH_NONE;
     if (finishing) {
@@ -500,21 +540,17 @@ static void on_output(const struct loom_output *o, void *user)
         /* logprobs of the new tokens */
         json_t *lp = NULL;
         if (want >= 0 && o->logprobs && o->n_tokens > 0) {
-            if (chat) {
-                lp = json_array();
-                for (int i = 0; i < o->n_tokens; i++)
-                    json_array_append_new(
-                        lp,
-                        chat_logprob_entry(s, &o->logprobs[i],
-                                           o->top_logprobs ? o->top_logprobs + (size_t)i * o->top_k : NULL,
-                                           o->top_k, want));
-            } else {
-                lp = completion_logprobs_new();
-                size_t *off = &c->text_offset;
-                for (int i = 0; i < o->n_tokens; i++)
-                    completion_logprobs_add(s, lp, o->token_ids[i], &o->logprobs[i],
-                                            o->top_logprobs ? o->top_logprobs + (size_t)i * o->top_k : NULL,
-                                            o->top_k, want, off);
+            struct lp_ctx cx = {s, g->req.return_tokens_as_token_ids, c->prev_token};
+            lp = chat ? json_array() : completion_logprobs_new();
+            for (int i = 0; i < o->n_tokens; i++) {
+                const struct loom_token_logprob *top =
+                    o->top_logprobs ? o->top_logprobs + (size_t)i * o->top_k : NULL;
+                if (chat)
+                    json_array_append_new(lp, chat_logprob_entry(&cx, &o->logprobs[i], top, o->top_k, want));
+                else
+                    completion_logprobs_add(&cx, lp, o->token_ids[i], &o->logprobs[i], top, o->top_k, want,
+                                            &c->text_offset);
+                cx.prev = o->token_ids[i];
             }
         }
         if (j->stream) {
@@ -544,6 +580,8 @@ static void on_output(const struct loom_output *o, void *user)
             }
         }
     }
+
+    if (o->n_tokens > 0 && o->token_ids) c->prev_token = o->token_ids[o->n_tokens - 1];
 
     bool last = false;
     if (finishing) {
@@ -762,8 +800,11 @@ static void route_generate(struct loom_server *s, enum loom_api_kind kind, const
     if (prepare_prompts(g, &err)) goto fail;
     for (int i = 0; i < g->n_prompts; i++)
         if (fit_context(s, r, g->prompts[i].n_ids, &max_tokens[i], &err)) goto fail;
-    for (int i = 0; i < g->n_choices; i++)
-        if (r->echo) g->choices[i].text_offset = g->prompts[i / g->n].echo_chars;
+    for (int i = 0; i < g->n_choices; i++) {
+        struct gen_prompt *gp = &g->prompts[i / g->n];
+        if (r->echo) g->choices[i].text_offset = gp->echo_chars;
+        g->choices[i].prev_token = gp->ids[gp->n_ids - 1];
+    }
 
     g->remaining = g->n_choices;
     if (r->stream && kind == LOOM_API_CHAT) /* the role first, before any token (as OpenAI and vLLM do) */

@@ -73,7 +73,8 @@ struct loom_api_request {
     /* /detokenize */
     int32_t *tokens;
     int n_tokens;
-    bool return_token_strs; /* /tokenize */
+    bool return_token_strs;          /* /tokenize */
+    bool return_tokens_as_token_ids; /* logprobs name tokens "token_id:N" (vLLM) */
 
     bool add_special_tokens; /* completions default true, chat default false (as vLLM) */
     int logprobs;            /* -1 none; completions: `logprobs`; chat: top_logprobs when logprobs is true */

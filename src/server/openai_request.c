@@ -572,6 +572,7 @@ static int parse_sampling(json_t *root, struct loom_api_request *r, struct loom_
         r->logprobs = (int)x;
     }
     p->logprobs = r->logprobs;
+    if (get_bool(root, "return_tokens_as_token_ids", &r->return_tokens_as_token_ids, err)) return -1;
     if (get_int(root, "prompt_logprobs", 0, MAX_LOGPROBS, &x, &present, err)) return -1;
     if (present) p->prompt_logprobs = (int)x;
     if (get_int(root, "truncate_prompt_tokens", -1, INT32_MAX, &x, &present, err)) return -1;
