@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,31 +46,34 @@ void tok_strmap_init(struct tok_strmap *m, size_t expected)
     size_t cap = 16;
     while (cap < expected * 2) cap <<= 1;
     m->mask = (uint32_t)(cap - 1);
-    m->slots = loom_malloc(cap * sizeof(int32_t));
-    m->hashes = loom_malloc(cap * sizeof(uint32_t));
-    memset(m->slots, 0xff, cap * sizeof(int32_t));
+    m->slots = loom_malloc(cap * sizeof(*m->slots));
+    for (size_t i = 0; i < cap; i++) m->slots[i].id = -1;
 }
 
 void tok_strmap_free(struct tok_strmap *m)
 {
     free(m->slots);
-    free(m->hashes);
     m->slots = NULL;
-    m->hashes = NULL;
+}
+
+static int32_t strmap_get_h(const struct tok_strmap *m, const char *s, size_t n, uint64_t h)
+{
+    if (!m->slots) return -1;
+    uint32_t h32 = (uint32_t)h, i = (uint32_t)(h >> 32) & m->mask;
+    for (;;) {
+        int32_t id = m->slots[i].id;
+        if (id < 0) return -1;
+        if (m->slots[i].h == h32 && m->slots[i].len == n && !memcmp(m->slots[i].p, s, n)) return id;
+        i = (i + 1) & m->mask;
+    }
 }
 
 static int32_t strmap_get(const struct tok_strmap *m, const char *const *str, const uint32_t *len, const char *s,
                           size_t n)
 {
-    if (!m->slots) return -1;
-    uint64_t h = tok_hash(s, n);
-    uint32_t h32 = (uint32_t)h, i = (uint32_t)(h >> 32) & m->mask;
-    for (;;) {
-        int32_t id = m->slots[i];
-        if (id < 0) return -1;
-        if (m->hashes[i] == h32 && len[id] == n && !memcmp(str[id], s, n)) return id;
-        i = (i + 1) & m->mask;
-    }
+    (void)str;
+    (void)len;
+    return strmap_get_h(m, s, n, tok_hash(s, n));
 }
 
 /* Inserts id (whose string is str[id]); an existing equal key is replaced. */
@@ -78,13 +82,15 @@ static void strmap_put(struct tok_strmap *m, const char *const *str, const uint3
     uint64_t h = tok_hash(str[id], len[id]);
     uint32_t h32 = (uint32_t)h, i = (uint32_t)(h >> 32) & m->mask;
     for (;;) {
-        int32_t o = m->slots[i];
+        int32_t o = m->slots[i].id;
         if (o < 0) break;
-        if (m->hashes[i] == h32 && len[o] == len[id] && !memcmp(str[o], str[id], len[id])) break;
+        if (m->slots[i].h == h32 && len[o] == len[id] && !memcmp(str[o], str[id], len[id])) break;
         i = (i + 1) & m->mask;
     }
-    m->slots[i] = id;
-    m->hashes[i] = h32;
+    m->slots[i].id = id;
+    m->slots[i].h = h32;
+    m->slots[i].p = str[id];
+    m->slots[i].len = len[id];
 }
 
 /* Exported for tokenizer.c (added tokens use the same map over their own arrays). */
@@ -148,6 +154,19 @@ static void merge_put(struct tok_bpe *b, int32_t l, int32_t r, uint32_t rank, in
 /* ---------------------------------------------------------------------------------------------- */
 /* loading */
 
+static void merges_grow(struct tok_bpe *b)
+{
+    size_t old_cap = b->merges ? (size_t)b->merge_mask + 1 : 0, cap = old_cap ? old_cap * 2 : 1024;
+    struct tok_merge_slot *old = b->merges;
+    b->merges = loom_malloc(cap * sizeof(*b->merges));
+    for (size_t i = 0; i < cap; i++) b->merges[i].key = UINT64_MAX;
+    b->merge_mask = (uint32_t)(cap - 1);
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].key != UINT64_MAX)
+            merge_put(b, (int32_t)(old[i].key >> 32), (int32_t)(uint32_t)old[i].key, old[i].rank, old[i].new_id);
+    free(old);
+}
+
 static int add_merge(struct tok_bpe *b, const char *a, size_t al, const char *c, size_t cl, uint32_t rank,
                      struct tok_buf *tmp)
 {
@@ -163,11 +182,85 @@ static int add_merge(struct tok_bpe *b, const char *a, size_t al, const char *c,
     if (nid < 0)
         return loom_fail(LOOM_EINVAL, "tokenizer.json: merge %u: the merged token '%.*s' is not in the vocab", rank,
                          (int)tmp->len, tmp->p);
+    if ((b->n_merges + 1) * 2 > (size_t)b->merge_mask + 1) merges_grow(b);
     merge_put(b, ia, ic, rank, nid);
+    b->n_merges++;
     return 0;
 }
 
-int tok_bpe_load(struct loom_tokenizer *t, json_t *model)
+/* the vocab, collected from either parser, then turned into the id arrays and the hash map */
+struct vocab_acc {
+    struct tok_buf pool;
+    struct {
+        size_t off;
+        uint32_t len;
+        int32_t id;
+    } *e;
+    size_t n, cap;
+    int64_t max_id;
+};
+
+static int vocab_add(void *ctx, const char *s, size_t n, int64_t id)
+{
+    struct vocab_acc *v = ctx;
+    if (id < 0 || id > 0x7ffffff0 || n > 0xffffffffu) return -1;
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 4096;
+        v->e = loom_realloc(v->e, v->cap * sizeof(*v->e));
+    }
+    v->e[v->n].off = v->pool.len;
+    v->e[v->n].len = (uint32_t)n;
+    v->e[v->n].id = (int32_t)id;
+    v->n++;
+    tok_buf_put(&v->pool, s, n);
+    tok_buf_putc(&v->pool, 0);
+    if (id > v->max_id) v->max_id = id;
+    return 0;
+}
+
+static void vocab_build(struct tok_bpe *b, struct vocab_acc *v)
+{
+    b->n_ids = (int32_t)(v->max_id + 1);
+    b->whole = loom_calloc((size_t)b->n_ids + 1, sizeof(*b->whole));
+    b->str = loom_calloc((size_t)b->n_ids + 1, sizeof(char *));
+    b->len = loom_calloc((size_t)b->n_ids + 1, sizeof(uint32_t));
+    b->pool = v->pool.p ? v->pool.p : loom_malloc(1);
+    v->pool.p = NULL;
+    tok_strmap_init(&b->map, v->n);
+    for (size_t i = 0; i < v->n; i++) {
+        int32_t id = v->e[i].id;
+        b->str[id] = b->pool + v->e[i].off;
+        b->len[id] = v->e[i].len;
+        strmap_put(&b->map, b->str, b->len, id);
+    }
+    free(v->e);
+    v->e = NULL;
+}
+
+struct merge_ctx {
+    struct tok_bpe *b;
+    struct tok_buf tmp;
+    uint32_t rank;
+    size_t index;
+};
+
+static int merge_add(void *ctx, const char *a, size_t al, const char *c, size_t cl, int is_pair)
+{
+    struct merge_ctx *m = ctx;
+    size_t idx = m->index++;
+    if (is_pair) return add_merge(m->b, a, al, c, cl, m->rank++, &m->tmp) ? -1 : 0;
+    /* the "a b" form: lines starting with #version are skipped (they take no rank) */
+    if (al >= 8 && !memcmp(a, "#version", 8)) return 0;
+    const char *sp = memchr(a, ' ', al);
+    if (!sp || memchr(sp + 1, ' ', al - (size_t)(sp + 1 - a))) {
+        loom_fail(LOOM_EINVAL, "tokenizer.json: merge %zu '%.*s' is not two tokens separated by a space", idx, (int)al,
+                  a);
+        return -1;
+    }
+    return add_merge(m->b, a, (size_t)(sp - a), sp + 1, al - (size_t)(sp + 1 - a), m->rank++, &m->tmp) ? -1 : 0;
+}
+
+int tok_bpe_load(struct loom_tokenizer *t, json_t *model, const struct tok_json_sections *fast)
 {
     struct tok_bpe *b = &t->bpe;
     json_t *vocab = json_object_get(model, "vocab");
@@ -180,35 +273,30 @@ int tok_bpe_load(struct loom_tokenizer *t, json_t *model)
         return loom_fail(LOOM_EUNSUPPORTED, "tokenizer.json: BPE dropout %g is not supported (set it to null)",
                          json_number_value(dropout));
 
-    /* vocab: ids and one pool for the strings */
-    const char *key;
-    size_t kl;
-    json_t *val;
-    size_t pool = 0, count = 0;
-    int64_t max_id = -1;
-    json_object_keylen_foreach(vocab, key, kl, val)
-    {
-        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) > 0x7ffffff0)
-            return loom_fail(LOOM_EINVAL, "tokenizer.json: vocab entry '%s' has no valid id", key);
-        if (json_integer_value(val) > max_id) max_id = json_integer_value(val);
-        pool += kl + 1;
-        count++;
+    /* vocab */
+    struct vocab_acc acc;
+    memset(&acc, 0, sizeof(acc));
+    acc.max_id = -1;
+    if (fast) {
+        if (tok_json_vocab(fast, vocab_add, &acc)) {
+            tok_buf_free(&acc.pool);
+            free(acc.e);
+            return TOK_FALLBACK;
+        }
+    } else {
+        const char *key;
+        size_t kl;
+        json_t *val;
+        json_object_keylen_foreach(vocab, key, kl, val)
+        {
+            if (!json_is_integer(val) || vocab_add(&acc, key, kl, json_integer_value(val))) {
+                tok_buf_free(&acc.pool);
+                free(acc.e);
+                return loom_fail(LOOM_EINVAL, "tokenizer.json: vocab entry '%s' has no valid id", key);
+            }
+        }
     }
-    b->n_ids = (int32_t)(max_id + 1);
-    b->str = loom_calloc((size_t)b->n_ids + 1, sizeof(char *));
-    b->len = loom_calloc((size_t)b->n_ids + 1, sizeof(uint32_t));
-    b->pool = loom_malloc(pool + 1);
-    tok_strmap_init(&b->map, count);
-    char *p = b->pool;
-    json_object_keylen_foreach(vocab, key, kl, val)
-    {
-        int32_t id = (int32_t)json_integer_value(val);
-        memcpy(p, key, kl + 1);
-        b->str[id] = p;
-        b->len[id] = (uint32_t)kl;
-        strmap_put(&b->map, b->str, b->len, id);
-        p += kl + 1;
-    }
+    vocab_build(b, &acc);
 
     /* options */
     json_t *j;
@@ -241,40 +329,33 @@ int tok_bpe_load(struct loom_tokenizer *t, json_t *model)
     }
 
     /* merges */
-    size_t nm = merges && json_is_array(merges) ? json_array_size(merges) : 0;
-    size_t cap = 16;
-    while (cap < nm * 2 + 2) cap <<= 1;
-    b->merges = loom_malloc(cap * sizeof(*b->merges));
-    for (size_t i = 0; i < cap; i++) b->merges[i].key = UINT64_MAX;
-    b->merge_mask = (uint32_t)(cap - 1);
-    struct tok_buf tmp = {0};
-    uint32_t rank = 0;
+    merges_grow(b);
+    struct merge_ctx mc = {.b = b};
     int rc = 0;
-    for (size_t i = 0; i < nm && !rc; i++) {
-        json_t *m = json_array_get(merges, i);
-        if (json_is_string(m)) {
-            const char *s = json_string_value(m);
-            size_t sl = json_string_length(m);
-            if (sl >= 8 && !memcmp(s, "#version", 8)) continue;
-            const char *sp = memchr(s, ' ', sl);
-            if (!sp || memchr(sp + 1, ' ', sl - (size_t)(sp + 1 - s))) {
-                rc = loom_fail(LOOM_EINVAL, "tokenizer.json: merge %zu '%.*s' is not two tokens separated by a space",
-                               i, (int)sl, s);
-                break;
+    if (fast) {
+        rc = tok_json_merges(fast, merge_add, &mc);
+        if (rc == -1) rc = TOK_FALLBACK;
+        else if (rc) rc = LOOM_EINVAL;
+    } else if (merges && json_is_array(merges)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(merges, i, m)
+        {
+            if (json_is_string(m)) {
+                if (merge_add(&mc, json_string_value(m), json_string_length(m), "", 0, 0)) rc = LOOM_EINVAL;
+            } else if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+                       json_is_string(json_array_get(m, 1))) {
+                json_t *x = json_array_get(m, 0), *y = json_array_get(m, 1);
+                if (merge_add(&mc, json_string_value(x), json_string_length(x), json_string_value(y),
+                              json_string_length(y), 1))
+                    rc = LOOM_EINVAL;
+            } else {
+                rc = loom_fail(LOOM_EINVAL, "tokenizer.json: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
             }
-            rc = add_merge(b, s, (size_t)(sp - s), sp + 1, sl - (size_t)(sp + 1 - s), rank, &tmp);
-        } else if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
-                   json_is_string(json_array_get(m, 1))) {
-            json_t *x = json_array_get(m, 0), *y = json_array_get(m, 1);
-            rc = add_merge(b, json_string_value(x), json_string_length(x), json_string_value(y),
-                           json_string_length(y), rank, &tmp);
-        } else {
-            rc = loom_fail(LOOM_EINVAL, "tokenizer.json: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
+            if (rc) break;
         }
-        rank++;
     }
-    b->n_merges = rank;
-    tok_buf_free(&tmp);
+    tok_buf_free(&mc.tmp);
     return rc;
 }
 
@@ -285,6 +366,7 @@ void tok_bpe_free(struct tok_bpe *b)
     free(b->pool);
     tok_strmap_free(&b->map);
     free(b->merges);
+    free((void *)b->whole);
     free(b->prefix);
     free(b->suffix);
 }
@@ -292,56 +374,58 @@ void tok_bpe_free(struct tok_bpe *b)
 /* ---------------------------------------------------------------------------------------------- */
 /* one word */
 
-static inline void sym_add(struct tok_enc *e, int *ns, int32_t id, uint32_t len)
+static inline void sym_add(struct tok_enc *e, int *ns, int32_t id)
 {
+    if ((size_t)*ns == e->sym_cap) {
+        e->sym_cap *= 2;
+        e->sym = loom_realloc(e->sym, e->sym_cap * sizeof(*e->sym));
+    }
     struct tok_bpe_sym *s = &e->sym[*ns];
     s->id = id;
-    s->len = len;
     s->prev = *ns - 1;
     s->next = -1;
+    s->rank = UINT32_MAX;
     if (*ns > 0) e->sym[*ns - 1].next = *ns;
     (*ns)++;
 }
 
-static inline uint32_t pair_rank(const struct tok_bpe *b, const struct tok_bpe_sym *sym, int i)
+/* Caches in sym[i] the rank and result of the pair (i, next(i)). */
+static inline void set_pair(const struct tok_bpe *b, struct tok_bpe_sym *sym, int i)
 {
-    if (sym[i].next < 0) return UINT32_MAX;
-    const struct tok_merge_slot *m = merge_get(b, sym[i].id, sym[sym[i].next].id);
-    return m ? m->rank : UINT32_MAX;
+    const struct tok_merge_slot *m = sym[i].next >= 0 ? merge_get(b, sym[i].id, sym[sym[i].next].id) : NULL;
+    sym[i].rank = m ? m->rank : UINT32_MAX;
+    sym[i].new_id = m ? m->new_id : -1;
 }
 
+/* Merges the pair (i, next(i)); updates the cached pairs of i and of its previous symbol. */
 static inline void merge_at(const struct tok_bpe *b, struct tok_bpe_sym *sym, int i)
 {
     int j = sym[i].next;
-    const struct tok_merge_slot *m = merge_get(b, sym[i].id, sym[j].id);
-    sym[i].id = m->new_id;
-    sym[i].len += sym[j].len;
-    sym[j].len = 0;
+    sym[i].id = sym[i].new_id;
+    sym[j].id = -1;
     sym[i].next = sym[j].next;
     if (sym[j].next >= 0) sym[sym[j].next].prev = i;
+    set_pair(b, sym, i);
+    if (sym[i].prev >= 0) set_pair(b, sym, sym[i].prev);
 }
 
-/* Words of up to this many symbols use the quadratic-but-tiny scan. */
-#define SHORT_WORD 48
+/* Words of up to this many symbols use a linear scan for the best pair (cheapest for short words). */
+#define SHORT_WORD 32
 
-static void merge_short(struct tok_enc *e, int ns)
+static void merge_short(struct tok_enc *e)
 {
     const struct tok_bpe *b = &e->t->bpe;
     struct tok_bpe_sym *sym = e->sym;
-    uint32_t *rank = e->rank;
-    for (int i = 0; i < ns; i++) rank[i] = pair_rank(b, sym, i);
     for (;;) {
         uint32_t best = UINT32_MAX;
         int bi = -1;
         for (int i = 0; i >= 0; i = sym[i].next)
-            if (rank[i] < best) {
-                best = rank[i];
+            if (sym[i].rank < best) {
+                best = sym[i].rank;
                 bi = i;
             }
         if (bi < 0) break;
         merge_at(b, sym, bi);
-        rank[bi] = pair_rank(b, sym, bi);
-        if (sym[bi].prev >= 0) rank[sym[bi].prev] = pair_rank(b, sym, sym[bi].prev);
     }
 }
 
@@ -374,63 +458,237 @@ static inline uint64_t heap_pop(uint64_t *h, size_t *n)
     return top;
 }
 
-static void merge_long(struct tok_enc *e, int ns)
+/* HF's Word::merge_all with a binary heap of (rank, position), starting from the current pairs. */
+static void merge_heap(struct tok_enc *e, int ns)
 {
     const struct tok_bpe *b = &e->t->bpe;
     struct tok_bpe_sym *sym = e->sym;
-    size_t need = (size_t)ns * 3 + 4; /* initial pairs + at most 2 pushes per merge */
+    size_t need = (size_t)ns + 16;
     if (e->heap_cap < need) {
         free(e->heap);
         e->heap_cap = need;
         e->heap = loom_malloc(need * sizeof(uint64_t));
     }
-    uint64_t *h = e->heap;
     size_t hn = 0;
-    for (int i = 0; i + 1 < ns; i++) {
-        uint32_t r = pair_rank(b, sym, i);
-        if (r != UINT32_MAX) heap_push(h, &hn, ((uint64_t)r << 32) | (uint32_t)i);
-    }
+    for (int i = 0; i >= 0; i = sym[i].next)
+        if (sym[i].rank != UINT32_MAX) heap_push(e->heap, &hn, ((uint64_t)sym[i].rank << 32) | (uint32_t)i);
     while (hn) {
-        uint64_t top = heap_pop(h, &hn);
-        uint32_t r = (uint32_t)(top >> 32);
+        uint64_t top = heap_pop(e->heap, &hn);
+        uint32_t rk = (uint32_t)(top >> 32);
         int i = (int)(uint32_t)top;
-        if (sym[i].len == 0 || sym[i].next < 0) continue;
-        /* a stale entry: the pair at i changed since it was pushed (ranks identify pairs) */
-        if (pair_rank(b, sym, i) != r) continue;
+        /* stale: merged away, or the pair at i changed since (a rank names one pair) */
+        if (sym[i].id < 0 || sym[i].rank != rk) continue;
         merge_at(b, sym, i);
-        if (sym[i].prev >= 0) {
-            uint32_t pr = pair_rank(b, sym, sym[i].prev);
-            if (pr != UINT32_MAX) heap_push(h, &hn, ((uint64_t)pr << 32) | (uint32_t)sym[i].prev);
+        if (hn + 2 > e->heap_cap) {
+            e->heap_cap *= 2;
+            e->heap = loom_realloc(e->heap, e->heap_cap * sizeof(uint64_t));
         }
-        uint32_t nr = pair_rank(b, sym, i);
-        if (nr != UINT32_MAX) heap_push(h, &hn, ((uint64_t)nr << 32) | (uint32_t)i);
+        int p = sym[i].prev;
+        if (p >= 0 && sym[p].rank != UINT32_MAX) heap_push(e->heap, &hn, ((uint64_t)sym[p].rank << 32) | (uint32_t)p);
+        if (sym[i].rank != UINT32_MAX) heap_push(e->heap, &hn, ((uint64_t)sym[i].rank << 32) | (uint32_t)i);
     }
 }
 
-int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
+static void rq_heap_push(struct tok_rank_queue *q, uint32_t v)
+{
+    if (q->n_heap == q->cap_heap) {
+        q->cap_heap = q->cap_heap ? q->cap_heap * 2 : 64;
+        q->heap = loom_realloc(q->heap, q->cap_heap * sizeof(uint32_t));
+    }
+    size_t i = q->n_heap++;
+    while (i > 0) {
+        size_t p = (i - 1) >> 1;
+        if (q->heap[p] <= v) break;
+        q->heap[i] = q->heap[p];
+        i = p;
+    }
+    q->heap[i] = v;
+}
+
+static uint32_t rq_heap_pop(struct tok_rank_queue *q)
+{
+    uint32_t top = q->heap[0], v = q->heap[--q->n_heap];
+    size_t i = 0, m = q->n_heap;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= m) break;
+        if (c + 1 < m && q->heap[c + 1] < q->heap[c]) c++;
+        if (q->heap[c] >= v) break;
+        q->heap[i] = q->heap[c];
+        i = c;
+    }
+    if (m) q->heap[i] = v;
+    return top;
+}
+
+static void rq_add(struct tok_rank_queue *q, uint32_t rank, int32_t pos)
+{
+    int32_t bi = q->bucket_of[rank] - 1;
+    if (bi < 0) {
+        if (q->n_buckets == q->cap_buckets) {
+            q->cap_buckets = q->cap_buckets ? q->cap_buckets * 2 : 64;
+            q->buckets = loom_realloc(q->buckets, q->cap_buckets * sizeof(*q->buckets));
+        }
+        bi = (int32_t)q->n_buckets++;
+        q->buckets[bi].rank = rank;
+        q->buckets[bi].head = q->buckets[bi].tail = -1;
+        q->bucket_of[rank] = bi + 1;
+        rq_heap_push(q, rank);
+    }
+    if (q->n_nodes == q->cap_nodes) {
+        q->cap_nodes = q->cap_nodes ? q->cap_nodes * 2 : 1024;
+        q->nodes = loom_realloc(q->nodes, q->cap_nodes * sizeof(*q->nodes));
+    }
+    int32_t ni = (int32_t)q->n_nodes++;
+    q->nodes[ni].pos = pos;
+    q->nodes[ni].next = -1;
+    if (q->buckets[bi].tail >= 0) q->nodes[q->buckets[bi].tail].next = ni;
+    else q->buckets[bi].head = ni;
+    q->buckets[bi].tail = ni;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Long words. The heap of HF's merge_all pops (rank, position) in increasing order. With merges in
+ * training order a merge only creates pairs of a higher rank (the merged token did not exist before
+ * its own merge), so all pairs of the lowest rank r are known when r comes up: they are merged left
+ * to right, and the new pairs wait in their rank's bucket. That is the heap's order, at O(1) per
+ * pair plus one sort per rank. A merges list out of training order (a new pair of rank <= r) falls
+ * back to the binary heap from the current state, so results never depend on the order of the list. */
+static void merge_long(struct tok_enc *e, int ns)
 {
     const struct tok_bpe *b = &e->t->bpe;
-    if (n == 0) return 0;
-    if (b->ignore_merges) {
-        int32_t id = tok_bpe_lookup(b, s, n);
-        if (id >= 0) {
-            tok_enc_push(e, id);
-            return 0;
+    struct tok_bpe_sym *sym = e->sym;
+    struct tok_rank_queue *q = &e->rq;
+    if (!q->bucket_of) q->bucket_of = loom_calloc(b->n_merges + 1, sizeof(int32_t));
+    q->n_buckets = q->n_nodes = q->n_heap = 0;
+    for (int i = 0; i + 1 < ns; i++)
+        if (sym[i].rank != UINT32_MAX) rq_add(q, sym[i].rank, i);
+    bool fallback = false;
+    while (q->n_heap && !fallback) {
+        uint32_t r = rq_heap_pop(q);
+        int32_t bi = q->bucket_of[r] - 1;
+        /* gather the bucket's positions */
+        size_t k = 0;
+        bool sorted = true;
+        for (int32_t ni = q->buckets[bi].head; ni >= 0; ni = q->nodes[ni].next) {
+            if (k == q->cap_tmp) {
+                q->cap_tmp = q->cap_tmp ? q->cap_tmp * 2 : 1024;
+                q->tmp = loom_realloc(q->tmp, q->cap_tmp * sizeof(int32_t));
+            }
+            q->tmp[k] = q->nodes[ni].pos;
+            if (k && q->tmp[k] < q->tmp[k - 1]) sorted = false;
+            k++;
+        }
+        q->buckets[bi].head = q->buckets[bi].tail = -1;
+        if (!sorted) qsort(q->tmp, k, sizeof(int32_t), cmp_i32);
+        for (size_t x = 0; x < k && !fallback; x++) {
+            int i = q->tmp[x];
+            if (sym[i].id < 0 || sym[i].rank != r) continue; /* stale */
+            merge_at(b, sym, i);
+            int cand[2] = {sym[i].prev, i};
+            for (int c = 0; c < 2; c++) {
+                int p = cand[c];
+                if (p < 0 || sym[p].rank == UINT32_MAX) continue;
+                if (sym[p].rank <= r) {
+                    fallback = true;
+                    break;
+                }
+                rq_add(q, sym[p].rank, p);
+            }
         }
     }
-    /* at most one symbol per byte (byte fallback), plus the prefix/suffix bytes */
-    size_t need = n * (1 + b->prefix_len) + b->suffix_len + 1;
-    if (need > 0x7fffffff) return loom_fail(LOOM_ETOOLONG, "a word of %zu bytes is too long to tokenize", n);
-    if (e->sym_cap < need) {
+    for (size_t i = 0; i < q->n_buckets; i++) q->bucket_of[q->buckets[i].rank] = 0;
+    if (fallback) merge_heap(e, ns);
+}
+
+static int merge_word(struct tok_enc *e, const char *s, size_t n);
+
+#define WC_SLOTS 4096       /* power of two */
+#define WC_START 256        /* words before the cache is made */
+#define WC_MAX_WORD 64      /* longest word cached, bytes */
+#define WC_MAX_IDS 32
+#define WC_ARENA (1u << 20) /* bytes of words kept before the cache is cleared */
+
+static int word_uncached(struct tok_enc *e, const char *s, size_t n, uint64_t h);
+
+int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
+{
+    if (n == 0) return 0;
+    uint64_t h = tok_hash(s, n);
+    if (n > WC_MAX_WORD || ++e->n_words < WC_START) return word_uncached(e, s, n, h);
+    if (!e->wc) e->wc = loom_calloc(WC_SLOTS, sizeof(*e->wc));
+    struct tok_wcache_slot *c = &e->wc[(h >> 40) & (WC_SLOTS - 1)];
+    if (c->h == h && c->word_len == n && !memcmp(e->wc_words.p + c->word_off, s, n)) {
+        for (int i = 0; i < c->n_ids; i++) tok_enc_push(e, e->wc_ids[c->ids_off + (uint32_t)i]);
+        return 0;
+    }
+    size_t before = e->n_ids;
+    int rc = word_uncached(e, s, n, h);
+    size_t k = e->n_ids - before;
+    if (rc || k > WC_MAX_IDS) return rc;
+    if (e->wc_words.len + n > WC_ARENA) { /* full: start over */
+        memset(e->wc, 0, WC_SLOTS * sizeof(*e->wc));
+        e->wc_words.len = 0;
+        e->wc_n_ids = 0;
+    }
+    if (e->wc_n_ids + k > e->wc_cap_ids) {
+        e->wc_cap_ids = (e->wc_n_ids + k) * 2 + 1024;
+        e->wc_ids = loom_realloc(e->wc_ids, e->wc_cap_ids * sizeof(int32_t));
+    }
+    c->h = h;
+    c->word_off = (uint32_t)e->wc_words.len;
+    c->word_len = (uint16_t)n;
+    c->ids_off = (uint32_t)e->wc_n_ids;
+    c->n_ids = (uint16_t)k;
+    tok_buf_put(&e->wc_words, s, n);
+    memcpy(e->wc_ids + e->wc_n_ids, e->ids + before, k * sizeof(int32_t));
+    e->wc_n_ids += k;
+    return 0;
+}
+
+static int word_uncached(struct tok_enc *e, const char *s, size_t n, uint64_t h)
+{
+    const struct tok_bpe *b = &e->t->bpe;
+    int32_t id = strmap_get_h(&b->map, s, n, h);
+    if (id < 0) return merge_word(e, s, n);
+    if (b->ignore_merges) {
+        tok_enc_push(e, id);
+        return 0;
+    }
+    /* a word that is a token: most words of a text. Its merge result is fixed, so remember whether
+     * it is the token itself. */
+    uint8_t st = atomic_load_explicit(&b->whole[id], memory_order_relaxed);
+    if (st == 1) {
+        tok_enc_push(e, id);
+        return 0;
+    }
+    size_t before = e->n_ids;
+    int rc = merge_word(e, s, n);
+    if (!rc && st == 0)
+        atomic_store_explicit(&b->whole[id], e->n_ids == before + 1 && e->ids[before] == id ? 1 : 2,
+                              memory_order_relaxed);
+    return rc;
+}
+
+static int merge_word(struct tok_enc *e, const char *s, size_t n)
+{
+    const struct tok_bpe *b = &e->t->bpe;
+    /* one symbol per character (byte fallback adds more; sym_add grows the array) */
+    if (n > 0x7fffffff) return loom_fail(LOOM_ETOOLONG, "a word of %zu bytes is too long to tokenize", n);
+    size_t chars = 0;
+    for (size_t k = 0; k < n; k++) chars += ((uint8_t)s[k] & 0xC0) != 0x80;
+    if (e->sym_cap < chars + 1) {
         free(e->sym);
-        free(e->rank);
-        e->sym_cap = need;
-        e->sym = loom_malloc(need * sizeof(*e->sym));
-        e->rank = loom_malloc(need * sizeof(uint32_t));
+        e->sym_cap = chars + 16;
+        e->sym = loom_malloc(e->sym_cap * sizeof(*e->sym));
     }
     int ns = 0;
     int32_t unk = -1;
-    uint32_t unk_len = 0;
     bool plain = !b->prefix && !b->suffix;
     size_t i = 0;
     while (i < n) {
@@ -455,38 +713,35 @@ int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
         }
         if (id >= 0) {
             if (unk >= 0) {
-                sym_add(e, &ns, unk, unk_len);
+                sym_add(e, &ns, unk);
                 unk = -1;
             }
-            sym_add(e, &ns, id, (uint32_t)cl);
+            sym_add(e, &ns, id);
         } else {
             bool done = false;
             if (b->byte_fallback) {
                 bool all = true;
                 for (size_t k = 0; k < csl && all; k++) all = b->byte_ids[(uint8_t)cs[k]] >= 0;
                 if (all) {
-                    if ((size_t)ns + csl > e->sym_cap) LOOM_DIE("BPE symbol buffer overflow");
-                    for (size_t k = 0; k < csl; k++) sym_add(e, &ns, b->byte_ids[(uint8_t)cs[k]], 1);
+                    for (size_t k = 0; k < csl; k++) sym_add(e, &ns, b->byte_ids[(uint8_t)cs[k]]);
                     done = true;
                 }
             }
             if (!done && b->unk_id >= 0) {
-                if (unk >= 0 && b->fuse_unk) {
-                    unk_len += (uint32_t)cl;
-                } else {
-                    if (unk >= 0) sym_add(e, &ns, unk, unk_len);
+                if (unk < 0 || !b->fuse_unk) { /* fused: the pending unk grows over this character */
+                    if (unk >= 0) sym_add(e, &ns, unk);
                     unk = b->unk_id;
-                    unk_len = (uint32_t)cl;
                 }
             }
             /* neither: the character is dropped, as HF does */
         }
         i += (size_t)cl;
     }
-    if (unk >= 0) sym_add(e, &ns, unk, unk_len);
+    if (unk >= 0) sym_add(e, &ns, unk);
     if (ns == 0) return 0;
     if (ns > 1) {
-        if (ns <= SHORT_WORD) merge_short(e, ns);
+        for (int k = 0; k + 1 < ns; k++) set_pair(b, e->sym, k);
+        if (ns <= SHORT_WORD) merge_short(e);
         else merge_long(e, ns);
     }
     for (int k = 0; k >= 0; k = e->sym[k].next) tok_enc_push(e, e->sym[k].id);

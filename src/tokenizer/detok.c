@@ -35,6 +35,20 @@ void loom_detok_init(struct loom_detok *d, const struct loom_tokenizer *t, bool 
         if (prompt_ids[i] >= 0 && prompt_ids[i] < loom_tokenizer_vocab_size(t)) d->ids[d->n_ids++] = prompt_ids[i];
     d->prefix_offset = d->n_ids > INITIAL_OFFSET ? d->n_ids - INITIAL_OFFSET : 0;
     d->read_offset = d->n_ids;
+    /* The window must start on a whole character: a byte-level token or a run of "<0xXX>" tokens cut
+     * in the middle decodes to U+FFFD (byte fallback: the whole run does), and so would everything
+     * generated into that run. Step back (a bounded number of tokens) until it does not. */
+    for (int back = 0; d->prefix_offset > 0 && back < 32; back++) {
+        char *s;
+        size_t n;
+        if (loom_tokenizer_decode(t, d->ids + d->prefix_offset, d->read_offset - d->prefix_offset,
+                                  skip_special_tokens, &s, &n))
+            break;
+        bool bad = n >= 3 && (uint8_t)s[0] == 0xEF && (uint8_t)s[1] == 0xBF && (uint8_t)s[2] == 0xBD;
+        free(s);
+        if (!bad) break;
+        d->prefix_offset--;
+    }
 }
 
 void loom_detok_free(struct loom_detok *d)
@@ -77,13 +91,15 @@ static int window(struct loom_detok *d, char **pre, size_t *pre_len, char **full
     return rc;
 }
 
-/* Where the new text starts: after the emitted window text (or, if the decoder rewrote it, at the
- * next character boundary past its length, as vLLM's character slicing does). */
+/* Where the new text starts: after the emitted window text; if the new tokens changed the end of
+ * that text (a context that ended inside a character, shown as U+FFFD, now completed), after the
+ * common prefix, on a character boundary, so the completed character is not lost. */
 static size_t new_start(const char *pre, size_t pre_len, const char *full, size_t full_len)
 {
     if (full_len >= pre_len && !memcmp(full, pre, pre_len)) return pre_len;
-    size_t k = pre_len < full_len ? pre_len : full_len;
-    while (k < full_len && ((uint8_t)full[k] & 0xC0) == 0x80) k++;
+    size_t k = 0, m = pre_len < full_len ? pre_len : full_len;
+    while (k < m && pre[k] == full[k]) k++;
+    while (k > 0 && k < full_len && ((uint8_t)full[k] & 0xC0) == 0x80) k--;
     return k;
 }
 
@@ -113,11 +129,10 @@ int loom_detok_push(struct loom_detok *d, int32_t id, const char **delta, size_t
         d->n_ids--;
         return rc;
     }
-    if (full_len <= pre_len || ends_with_fffd(full, full_len)) {
-        size_t k = new_start(pre, pre_len, full, full_len);
+    size_t k = new_start(pre, pre_len, full, full_len);
+    if (k >= full_len || ends_with_fffd(full, full_len)) {
         hold(d, full + k, full_len - k);
     } else {
-        size_t k = new_start(pre, pre_len, full, full_len);
         set_out(d, full + k, full_len - k, delta, delta_len);
         hold(d, NULL, 0);
         d->prefix_offset = d->read_offset;

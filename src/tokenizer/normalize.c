@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -117,6 +118,71 @@ static int unicode_form(const char *s, size_t n, utf8proc_option_t opt, struct t
     return 0;
 }
 
+/* NFC leaves a text unchanged around a "stable" character: a starter (combining class 0) with no
+ * canonical decomposition that never composes with the character before it. So NFC is applied only to
+ * the segments (from the stable character before to the stable character after) that hold anything
+ * else: plain CJK, Cyrillic, emoji... text is copied without running utf8proc at all. Hangul jamo
+ * compose algorithmically (utf8proc has no table entry for them): never stable. */
+static uint8_t nfc_stable_bmp[65536 / 8];
+static pthread_once_t nfc_once = PTHREAD_ONCE_INIT;
+
+static bool nfc_stable_slow(uint32_t cp)
+{
+    if (cp < 0x80) return true;
+    if (cp >= 0x1100 && cp <= 0x11FF) return false;
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
+    if (p->combining_class) return false;
+    if (p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0) return false; /* canonical decomposition */
+    if (p->comb_index != UINT16_MAX && p->comb_index >= 0x8000) return false;  /* second of a composition */
+    return true;
+}
+
+static void nfc_init(void)
+{
+    for (uint32_t cp = 0; cp < 65536; cp++)
+        if (cp < 0xD800 || cp > 0xDFFF)
+            if (nfc_stable_slow(cp)) nfc_stable_bmp[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+}
+
+static inline bool nfc_stable(uint32_t cp)
+{
+    return cp < 65536 ? (nfc_stable_bmp[cp >> 3] >> (cp & 7)) & 1 : nfc_stable_slow(cp);
+}
+
+static int nfc(const char *s, size_t n, struct tok_buf *out)
+{
+    pthread_once(&nfc_once, nfc_init);
+    size_t seg = 0, clean_from = 0; /* segment start (a stable character); start of the uncopied text */
+    bool dirty = false, changed = false;
+    for (size_t i = 0; i <= n;) {
+        uint32_t cp = 0;
+        int l = 1;
+        if (i < n) {
+            uint8_t c = (uint8_t)s[i];
+            if (c < 0x80) cp = c;
+            else cp = tok_utf8_decode((const uint8_t *)s + i, &l);
+        }
+        if (i == n || nfc_stable(cp)) {
+            if (dirty) { /* normalize [seg, i) */
+                tok_buf_put(out, s + clean_from, seg - clean_from);
+                int rc = unicode_form(s + seg, i - seg, UTF8PROC_STABLE | UTF8PROC_COMPOSE, out);
+                if (rc) return rc;
+                clean_from = i;
+                dirty = false;
+                changed = true;
+            }
+            seg = i;
+            if (i == n) break;
+        } else {
+            dirty = true;
+        }
+        i += (size_t)l;
+    }
+    if (!changed) return 0;
+    tok_buf_put(out, s + clean_from, n - clean_from);
+    return 1;
+}
+
 /* One normalizer: s -> out (out is empty on entry). Returns 1 if out holds the result, 0 if the
  * result is s unchanged, or a negative status. */
 static int apply(struct tok_enc *e, const struct tok_norm *nm, const char *s, size_t n, struct tok_buf *out)
@@ -125,7 +191,7 @@ static int apply(struct tok_enc *e, const struct tok_norm *nm, const char *s, si
     switch (nm->type) {
     case TN_NFC:
         if (all_below(s, n, 0x300)) return 0; /* nothing below U+0300 composes or decomposes in NFC */
-        return unicode_form(s, n, UTF8PROC_STABLE | UTF8PROC_COMPOSE, out) ?: 1;
+        return nfc(s, n, out);
     case TN_NFD:
         if (all_below(s, n, 0xC0)) return 0;
         return unicode_form(s, n, UTF8PROC_STABLE | UTF8PROC_DECOMPOSE, out) ?: 1;

@@ -49,9 +49,13 @@ bool tok_is_whitespace(uint32_t cp);
 
 /* ---- string -> id hash map over strings owned elsewhere (id -> string arrays) ---- */
 struct tok_strmap {
-    uint32_t mask;   /* capacity - 1 (power of two) */
-    int32_t *slots;  /* id, or -1 if empty */
-    uint32_t *hashes;
+    uint32_t mask; /* capacity - 1 (power of two) */
+    struct {
+        const char *p; /* the key (owned elsewhere) */
+        uint32_t len;
+        uint32_t h;    /* low bits of the key's hash */
+        int32_t id;    /* -1 if empty */
+    } *slots;
 };
 uint64_t tok_hash(const void *s, size_t n);
 void tok_strmap_init(struct tok_strmap *m, size_t expected);
@@ -60,6 +64,7 @@ void tok_strmap_free(struct tok_strmap *m);
 /* ---- regex (pcre2, JIT) or literal pattern ---- */
 struct tok_pattern {
     pcre2_code *re; /* NULL for a literal */
+    bool jit;       /* re was JIT-compiled */
     char *lit;      /* literal text (String patterns) */
     size_t lit_len;
 };
@@ -86,6 +91,23 @@ int tok_pattern_spans(const struct tok_pattern *p, struct tok_matcher *m, const 
 /* Replaces every match of p in s with rep (literally), appending to out. */
 int tok_pattern_replace(const struct tok_pattern *p, struct tok_matcher *m, const char *s, size_t n, const char *rep,
                         size_t rep_len, struct tok_buf *out);
+
+/* ---- fast parsing of model.vocab and model.merges (tok_json.c) ---- */
+struct tok_json_sections {
+    char *rest;       /* the document with both values emptied (caller frees) */
+    size_t rest_len;
+    const char *vocab, *vocab_end, *merges, *merges_end; /* the values, in the original text */
+};
+/* 0, or -1 when the document is not as expected (then parse all of it with jansson). */
+int tok_json_split(const char *js, size_t n, struct tok_json_sections *out);
+/* Call fn for each entry; 0, or -1 on anything unexpected (fall back to jansson). */
+int tok_json_vocab(const struct tok_json_sections *j, int (*fn)(void *ctx, const char *s, size_t n, int64_t id),
+                   void *ctx);
+/* Call fn for each merge (a string "a b": b empty and is_pair 0); 0, -1 as above, -2 if fn failed. */
+int tok_json_merges(const struct tok_json_sections *j,
+                    int (*fn)(void *ctx, const char *a, size_t al, const char *b, size_t bl, int is_pair),
+                    void *ctx);
+#define TOK_FALLBACK 1 /* a status of the loaders: redo with jansson */
 
 /* ---- normalizers ---- */
 enum tok_norm_type {
@@ -144,6 +166,10 @@ struct tok_bpe {
     size_t prefix_len, suffix_len;
     int32_t byte_ids[256];     /* "<0xXX>" ids for byte fallback, -1 if absent */
     int32_t char_ids[TOK_CHAR_FAST]; /* id of the single-character token, -1 if absent (no prefix/suffix) */
+    /* [n_ids] whether BPE of the token's own text gives back just that token: 0 not known yet,
+     * 1 yes (a word equal to it is emitted without merging), 2 no. Filled lazily, race-free (relaxed
+     * atomics: every thread would store the same value). */
+    _Atomic uint8_t *whole;
 };
 
 /* ---- added tokens ---- */
@@ -244,9 +270,22 @@ static inline void tok_span_push(struct tok_spanvec *sv, uint32_t start, uint32_
     sv->n++;
 }
 struct tok_bpe_sym {
-    int32_t id;
+    int32_t id;      /* -1 = merged into the symbol on its left */
     int32_t prev, next;
-    uint32_t len; /* 0 = merged away */
+    uint32_t rank;   /* rank of the pair (this, next), UINT32_MAX if none */
+    int32_t new_id;  /* the id that pair merges into */
+};
+/* Long words: the pairs waiting to merge, grouped by rank (see bpe.c's merge_long). */
+struct tok_rank_queue {
+    int32_t *bucket_of;  /* [n_merges] bucket index + 1 for a rank, 0 = none */
+    struct { uint32_t rank; int32_t head, tail; } *buckets;
+    size_t n_buckets, cap_buckets;
+    struct { int32_t pos, next; } *nodes; /* position lists, linked */
+    size_t n_nodes, cap_nodes;
+    uint32_t *heap;      /* binary min-heap of ranks that have a bucket */
+    size_t n_heap, cap_heap;
+    int32_t *tmp;        /* the positions of the rank being merged */
+    size_t cap_tmp;
 };
 struct tok_enc {
     const struct loom_tokenizer *t;
@@ -259,10 +298,19 @@ struct tok_enc {
     struct tok_buf word;  /* BPE scratch */
     struct tok_bpe_sym *sym;
     size_t sym_cap;
-    uint64_t *heap;
+    uint64_t *heap; /* binary heap (fallback for merges that are not in training order) */
     size_t heap_cap;
-    uint32_t *rank; /* short-word path: rank of pair (i, next(i)) */
-    size_t rank_cap;
+    struct tok_rank_queue rq;
+    /* word -> ids cache of this call (direct-mapped; on after the first few hundred words) */
+    struct tok_wcache_slot {
+        uint64_t h;
+        uint32_t word_off, ids_off;
+        uint16_t word_len, n_ids; /* word_len 0 = empty slot */
+    } *wc;
+    struct tok_buf wc_words;
+    int32_t *wc_ids;
+    size_t wc_n_ids, wc_cap_ids;
+    size_t n_words;
 };
 void tok_enc_push(struct tok_enc *e, int32_t id);
 
@@ -280,7 +328,8 @@ void tok_pretok_free(struct tok_pretok *p);
 void tok_bytelevel_init(struct loom_tokenizer *t);
 
 /* bpe.c */
-int tok_bpe_load(struct loom_tokenizer *t, json_t *model);
+/* model: the model object; fast: its vocab and merges from tok_json_split (NULL: from model itself). */
+int tok_bpe_load(struct loom_tokenizer *t, json_t *model, const struct tok_json_sections *fast);
 void tok_bpe_free(struct tok_bpe *b);
 int32_t tok_bpe_lookup(const struct tok_bpe *b, const char *s, size_t n);
 /* BPE over one word; appends ids. */

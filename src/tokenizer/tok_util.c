@@ -279,7 +279,7 @@ int tok_pattern_compile_regex(const char *src, size_t len, const char *what, str
         return loom_fail(LOOM_EINVAL, "tokenizer.json: %s: cannot compile regex '%.*s': %s", what, (int)len, src,
                          (const char *)msg);
     }
-    pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE); /* without JIT, pcre2_match interprets */
+    p->jit = pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE) == 0; /* without JIT, pcre2_match interprets */
     return 0;
 }
 
@@ -324,14 +324,20 @@ int tok_pattern_find(const struct tok_pattern *p, struct tok_matcher *m, const c
         return 1;
     }
     if (!m->md) m->md = pcre2_match_data_create(1, NULL);
+    if (!m->mc) m->mc = pcre2_match_context_create(NULL);
+    if (!m->md || !m->mc) LOOM_DIE("out of host memory creating pcre2 match data");
+    /* pcre2's default limit (10 million backtracking steps) is too low for the pre-tokenizer regexes on
+     * long runs of one character (\s*[\r\n]+ over 10 MB of spaces backtracks once per byte) */
+    uint64_t limit = 10000000ull + 64ull * (n - from);
+    pcre2_set_match_limit(m->mc, limit > 0xffffffffull ? 0xffffffffu : (uint32_t)limit);
     for (int attempt = 0;; attempt++) {
-        int rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->mc);
+        int rc = p->jit ? pcre2_jit_match(p->re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->mc)
+                        : pcre2_match(p->re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->mc);
         if (rc == PCRE2_ERROR_NOMATCH) return 0;
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT && attempt == 0) {
             /* deep backtracking on a long input: retry with a 256 MiB JIT stack */
-            if (!m->mc) m->mc = pcre2_match_context_create(NULL);
             if (!m->js) m->js = pcre2_jit_stack_create(1 << 16, 256u << 20, NULL);
-            if (!m->mc || !m->js) LOOM_DIE("out of host memory creating a pcre2 JIT stack");
+            if (!m->js) LOOM_DIE("out of host memory creating a pcre2 JIT stack");
             pcre2_jit_stack_assign(m->mc, NULL, m->js);
             continue;
         }

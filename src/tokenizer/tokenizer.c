@@ -215,7 +215,14 @@ static void enc_free(struct tok_enc *e)
     tok_buf_free(&e->word);
     free(e->sym);
     free(e->heap);
-    free(e->rank);
+    free(e->rq.bucket_of);
+    free(e->rq.buckets);
+    free(e->rq.nodes);
+    free(e->rq.heap);
+    free(e->rq.tmp);
+    free(e->wc);
+    tok_buf_free(&e->wc_words);
+    free(e->wc_ids);
 }
 
 static void post_process(struct tok_enc *e)
@@ -386,7 +393,7 @@ static char *special_from_config(json_t *cfg, const char *key)
     return loom_strndup(json_string_value(v), json_string_length(v));
 }
 
-static int build(struct loom_tokenizer *t, json_t *root)
+static int build(struct loom_tokenizer *t, json_t *root, const struct tok_json_sections *fast)
 {
     int rc;
     if (!json_is_object(root)) return loom_fail(LOOM_EINVAL, "tokenizer.json: the top level is not an object");
@@ -398,7 +405,7 @@ static int build(struct loom_tokenizer *t, json_t *root)
     if (!mtype) return loom_fail(LOOM_EINVAL, "tokenizer.json: model has no \"type\"");
     if (strcmp(mtype, "BPE"))
         return loom_fail(LOOM_EUNSUPPORTED, "tokenizer.json: model type '%s' is not supported (only BPE)", mtype);
-    if ((rc = tok_bpe_load(t, model))) return rc;
+    if ((rc = tok_bpe_load(t, model, fast))) return rc;
     if ((rc = tok_norm_load(t, json_object_get(root, "normalizer")))) return rc;
     if ((rc = tok_pretok_load(t, json_object_get(root, "pre_tokenizer")))) return rc;
     json_t *post = json_object_get(root, "post_processor");
@@ -473,7 +480,16 @@ int loom_tokenizer_load_json(const char *tokenizer_json, size_t len, const char 
 {
     *out = NULL;
     json_error_t err;
-    json_t *root = json_loadb(tokenizer_json, len, JSON_ALLOW_NUL, &err);
+    /* model.vocab and model.merges are parsed by tok_json.c, the rest by jansson; if the fast path
+     * meets anything unexpected, all of it goes to jansson */
+    struct tok_json_sections sec;
+    bool fast = tok_json_split(tokenizer_json, len, &sec) == 0;
+    json_t *root = fast ? json_loadb(sec.rest, sec.rest_len, JSON_ALLOW_NUL, &err) : NULL;
+    if (!root) {
+        if (fast) free(sec.rest);
+        fast = false;
+        root = json_loadb(tokenizer_json, len, JSON_ALLOW_NUL, &err);
+    }
     if (!root)
         return loom_fail(LOOM_EINVAL, "tokenizer.json: invalid JSON at line %d column %d: %s", err.line, err.column,
                          err.text);
@@ -489,8 +505,19 @@ int loom_tokenizer_load_json(const char *tokenizer_json, size_t len, const char 
     }
     struct loom_tokenizer *t = loom_calloc(1, sizeof(*t));
     t->bos_id = t->eos_id = -1;
-    int rc = build(t, root);
+    int rc = build(t, root, fast ? &sec : NULL);
     json_decref(root);
+    if (fast) free(sec.rest);
+    if (rc == TOK_FALLBACK) {
+        loom_tokenizer_free(t);
+        t = loom_calloc(1, sizeof(*t));
+        t->bos_id = t->eos_id = -1;
+        root = json_loadb(tokenizer_json, len, JSON_ALLOW_NUL, &err);
+        if (!root) rc = loom_fail(LOOM_EINVAL, "tokenizer.json: invalid JSON at line %d column %d: %s", err.line,
+                                  err.column, err.text);
+        else rc = build(t, root, NULL);
+        json_decref(root);
+    }
     if (!rc && cfg) {
         t->config_json = loom_strndup(config_json, config_len);
         t->bos_token = special_from_config(cfg, "bos_token");
