@@ -37,7 +37,14 @@
 struct jerr {
     jmp_buf jb;
     char msg[1024];
+    bool fatal; /* a limit was hit: never deferred (see lazy_filter) */
 };
+
+static LOOM_NORETURN void raise_raw(struct jerr *e, const char *msg)
+{
+    if (msg != e->msg) snprintf(e->msg, sizeof e->msg, "%s", msg);
+    longjmp(e->jb, 1);
+}
 
 static LOOM_NORETURN LOOM_PRINTF(3, 4) void fail_at(struct jerr *e, int line, const char *fmt, ...)
 {
@@ -79,12 +86,18 @@ static void arena_free(struct arena *a)
 
 static void *ar_alloc(struct arena *a, size_t n)
 {
-    if (n > a->limit) fail_at(a->err, 0, "memory limit of %zu MiB exceeded", a->limit >> 20);
+    if (n > a->limit) {
+        a->err->fatal = true;
+        fail_at(a->err, 0, "memory limit of %zu MiB exceeded", a->limit >> 20);
+    }
     n = (n + 15) & ~(size_t)15;
     struct chunk *h = a->head;
     if (!h || h->cap - h->used < n) {
         size_t cap = n > 60000 ? n : 60000;
-        if (a->total + cap > a->limit) fail_at(a->err, 0, "memory limit of %zu MiB exceeded", a->limit >> 20);
+        if (a->total + cap > a->limit) {
+            a->err->fatal = true;
+            fail_at(a->err, 0, "memory limit of %zu MiB exceeded", a->limit >> 20);
+        }
         h = malloc(sizeof(*h) + cap);
         if (!h) LOOM_DIE("out of memory (%zu bytes)", cap);
         h->cap = cap;
@@ -512,6 +525,11 @@ enum vtype {
 #define F_SAFE 1   /* markupsafe.Markup */
 #define F_TUPLE 2  /* a tuple */
 #define F_UNSAFE 4 /* an undefined the sandbox returned: using it is a SecurityError */
+#define F_ITEMS 8   /* dict.items() / keys() / values(): lists that print as views and take no index */
+#define F_KEYS 16
+#define F_VALUES 32
+#define F_VIEW (F_ITEMS | F_KEYS | F_VALUES)
+#define F_RANGE 64 /* range(): a list that prints as range(a, b, c) and is no JSON */
 
 struct lbuf;
 struct dict;
@@ -547,6 +565,7 @@ struct val {
 struct lbuf {
     struct val *v;
     size_t used, cap;
+    int64_t range[3]; /* start, stop, step of a range() (F_RANGE) */
 };
 
 struct dict {
@@ -557,7 +576,8 @@ struct dict {
 struct giter {
     struct val list;
     bool used;
-    const char *what; /* "generator", "list_reverseiterator" */
+    const char *what;  /* "generator", "list_reverseiterator" */
+    const char *error; /* a generator that fails when it is consumed (jinja2's filters are lazy) */
 };
 
 static struct val vundef(const char *hint)
@@ -2214,6 +2234,7 @@ struct scope {
     struct scope *parent;
     struct svar *v;
     int n, cap;
+    bool captured; /* a macro closes over it: a loop may not reuse it for its next iteration */
 };
 
 struct loom_jinja_template {
@@ -2238,7 +2259,10 @@ struct rctx {
 static void charge(struct rctx *c, uint64_t n)
 {
     c->steps += n;
-    if (c->steps > c->max_steps) rfail(c, "template takes too long (more than %llu steps)", (unsigned long long)c->max_steps);
+    if (c->steps > c->max_steps) {
+        c->err.fatal = true;
+        rfail(c, "template takes too long (more than %llu steps)", (unsigned long long)c->max_steps);
+    }
 }
 
 struct sbuf {
@@ -2248,8 +2272,10 @@ struct sbuf {
 
 static void sb_grow(struct rctx *c, struct sbuf *b, size_t add)
 {
-    if (add > c->max_output || b->n + add > c->max_output)
+    if (add > c->max_output || b->n + add > c->max_output) {
+        c->err.fatal = true;
         rfail(c, "rendered text larger than the limit of %zu bytes", c->max_output);
+    }
     if (b->n + add <= b->cap) return;
     size_t cap = b->cap ? b->cap * 2 : 128;
     while (cap < b->n + add) cap *= 2;
@@ -2455,7 +2481,10 @@ static const char *type_name(struct val v)
     case V_INT: return "int";
     case V_FLOAT: return "float";
     case V_STR: return (v.f & F_SAFE) ? "Markup" : "str";
-    case V_LIST: return (v.f & F_TUPLE) ? "tuple" : "list";
+    case V_LIST:
+        if (v.f & F_RANGE) return "range";
+        return (v.f & F_TUPLE) ? "tuple" : (v.f & F_ITEMS) ? "dict_items" : (v.f & F_KEYS) ? "dict_keys"
+               : (v.f & F_VALUES) ? "dict_values" : "list";
     case V_DICT: return "dict";
     case V_NS: return "Namespace";
     case V_MACRO: return "Macro";
@@ -2580,6 +2609,14 @@ static void put_repr(struct rctx *c, struct sbuf *b, struct val v)
         return;
     case V_LIST: {
         bool tu = v.f & F_TUPLE;
+        if (v.f & F_RANGE) {
+            int64_t *r = v.l.buf->range;
+            if (r[2] == 1)
+                sb_printf(c, b, "range(%lld, %lld)", (long long)r[0], (long long)r[1]);
+            else
+                sb_printf(c, b, "range(%lld, %lld, %lld)", (long long)r[0], (long long)r[1], (long long)r[2]);
+            return;
+        }
         if (!tu && !repr_enter(c, v.l.buf)) {
             sb_put(c, b, "[...]", 5);
             return;
@@ -2588,6 +2625,10 @@ static void put_repr(struct rctx *c, struct sbuf *b, struct val v)
             sb_put(c, b, "(...)", 5);
             return;
         }
+        if (v.f & F_VIEW) {
+            sb_puts(c, b, type_name(v));
+            sb_putc(c, b, '(');
+        }
         sb_putc(c, b, tu ? '(' : '[');
         for (size_t i = 0; i < v.l.n; i++) {
             if (i) sb_put(c, b, ", ", 2);
@@ -2595,6 +2636,7 @@ static void put_repr(struct rctx *c, struct sbuf *b, struct val v)
         }
         if (tu && v.l.n == 1) sb_putc(c, b, ',');
         sb_putc(c, b, tu ? ')' : ']');
+        if (v.f & F_VIEW) sb_putc(c, b, ')');
         c->nrepr--;
         return;
     }
@@ -2639,7 +2681,7 @@ static bool py_eq(struct rctx *c, struct val a, struct val b, int depth)
     case V_NONE: return true;
     case V_STR: return a.s.n == b.s.n && !memcmp(a.s.p, b.s.p, a.s.n);
     case V_LIST:
-        if ((a.f & F_TUPLE) != (b.f & F_TUPLE) || a.l.n != b.l.n) return false;
+        if (((a.f ^ b.f) & (F_TUPLE | F_VIEW | F_RANGE)) || a.l.n != b.l.n) return false;
         charge(c, a.l.n / 8);
         for (size_t i = 0; i < a.l.n; i++)
             if (!py_eq(c, L_items(a)[i], L_items(b)[i], depth + 1)) return false;
@@ -2707,8 +2749,9 @@ static struct val iter_list(struct rctx *c, struct val v)
     case V_UNDEF:
         if (v.f & F_UNSAFE) undef_fail(c, v);
         return list_new(c, 1, false);
-    case V_LIST: return v;
+    case V_LIST: v.f &= (uint8_t)~(F_VIEW | F_RANGE); return v;
     case V_ITER:
+        if (v.it->error) raise_raw(&c->err, v.it->error);
         if (v.it->used) return list_new(c, 1, false);
         v.it->used = true;
         return v.it->list;
@@ -2842,6 +2885,8 @@ static struct val attr_only(struct rctx *c, struct val o, const char *name, bool
         if (in_names(str_methods, name)) return vmethod(c, o, name);
         break;
     case V_LIST:
+        if (o.f & F_VIEW) break;
+        if ((o.f & F_RANGE) && strcmp(name, "index") && strcmp(name, "count")) break;
         if (in_names(list_methods, name)) return vmethod(c, o, name);
         if (in_names(list_unsafe, name))
             return vhint(c, true, "access to attribute '%s' of '%s' object is unsafe.", name, type_name(o));
@@ -2929,6 +2974,7 @@ static struct val do_slice(struct rctx *c, struct val o, struct val vs, struct v
 {
     if (o.t == V_UNDEF) undef_fail(c, o);
     int64_t s, t, n;
+    if (o.t == V_LIST && (o.f & F_VIEW)) return vundef(NULL); /* views take no index */
     if (o.t == V_LIST) {
         if (!slice_indices(c, (int64_t)o.l.n, vs, ve, vt, &s, &t, &n)) return vundef(NULL);
         if (t == 1) {
@@ -2990,6 +3036,7 @@ static struct val getitem_v(struct rctx *c, struct val o, struct val key)
         if (dict_find(c, o.d, key, &i)) return o.d->v[i];
     } else if ((o.t == V_LIST || o.t == V_STR) && (key.t == V_INT || key.t == V_BOOL)) {
         int64_t k = num_i(key);
+        if (o.t == V_LIST && (o.f & F_VIEW)) return vundef(NULL);
         if (o.t == V_LIST) {
             int64_t n = (int64_t)o.l.n;
             if (k < 0) k += n;
@@ -3192,7 +3239,7 @@ static struct val binop(struct rctx *c, int op, struct val a, struct val b)
     switch (op) {
     case OP_ADD:
         if (a.t == V_STR && b.t == V_STR) return str_cat(c, a, b);
-        if (a.t == V_LIST && b.t == V_LIST && (a.f & F_TUPLE) == (b.f & F_TUPLE)) {
+        if (a.t == V_LIST && b.t == V_LIST && (a.f & F_TUPLE) == (b.f & F_TUPLE) && !((a.f | b.f) & (F_VIEW | F_RANGE))) {
             struct val r = a;
             charge(c, b.l.n / 8);
             if (!a.l.n) { /* [] + b: a copy of b's view would do, but keep the type of a */
@@ -3205,8 +3252,10 @@ static struct val binop(struct rctx *c, int op, struct val a, struct val b)
         }
         break;
     case OP_MUL:
-        if ((a.t == V_STR || a.t == V_LIST) && (b.t == V_INT || b.t == V_BOOL)) return repeat(c, a, num_i(b));
-        if ((b.t == V_STR || b.t == V_LIST) && (a.t == V_INT || a.t == V_BOOL)) return repeat(c, b, num_i(a));
+        if ((a.t == V_STR || (a.t == V_LIST && !(a.f & (F_VIEW | F_RANGE)))) && (b.t == V_INT || b.t == V_BOOL))
+            return repeat(c, a, num_i(b));
+        if ((b.t == V_STR || (b.t == V_LIST && !(b.f & (F_VIEW | F_RANGE)))) && (a.t == V_INT || a.t == V_BOOL))
+            return repeat(c, b, num_i(a));
         break;
     case OP_MOD:
         if (a.t == V_STR) return py_percent(c, a, b);
@@ -3426,10 +3475,14 @@ enum { X_NORMAL = 0, X_BREAK, X_CONTINUE };
 
 static void enter(struct rctx *c, int line)
 {
-    if (++c->depth > c->max_depth)
+    if (++c->depth > c->max_depth) {
+        c->err.fatal = true;
         rfail(c, "template nested too deeply at run time (more than %d levels, recursion?)", c->max_depth);
-    if (++c->steps > c->max_steps)
+    }
+    if (++c->steps > c->max_steps) {
+        c->err.fatal = true;
         rfail(c, "template takes too long (more than %llu steps)", (unsigned long long)c->max_steps);
+    }
     c->line = line;
 }
 
@@ -3646,10 +3699,13 @@ static void assign(struct rctx *c, struct node *t, struct val v, struct scope *s
     }
 }
 
-static struct val capture(struct rctx *c, struct nlist *body, struct scope *s)
+/* Renders body into a string. *code gets X_BREAK / X_CONTINUE when a loop control left the body
+ * (jinja2 compiles set and filter blocks inline, so they reach the enclosing loop). */
+static struct val capture(struct rctx *c, struct nlist *body, struct scope *s, int *code)
 {
     struct sbuf b = {0};
-    exec_body(c, body, s, &b);
+    int r = exec_body(c, body, s, &b);
+    if (code) *code = r;
     return sb_val(&b);
 }
 
@@ -3668,6 +3724,7 @@ static struct val apply_filter_chain(struct rctx *c, struct node *f, struct val 
 static struct val make_macro(struct rctx *c, struct node *def, struct scope *closure, const char *name)
 {
     struct macro *m = ar_alloc(&c->ar, sizeof(*m));
+    for (struct scope *p = closure; p && !p->captured; p = p->parent) p->captured = true;
     m->def = def;
     m->closure = closure;
     m->name = name;
@@ -3718,7 +3775,7 @@ static struct val call_macro(struct rctx *c, struct macro *m, struct cargs *a)
     if (d->flags & F_VARARGS) scope_set(c, s, "varargs", varargs);
     if (d->flags & F_KWARGS) scope_set(c, s, "kwargs", vdict(kwargs));
     if (d->flags & F_CALLER) scope_set(c, s, "caller", caller);
-    return capture(c, &d->body, s);
+    return capture(c, &d->body, s, NULL);
 }
 
 static int exec_for(struct rctx *c, struct node *n, struct val iterable, struct scope *s, struct sbuf *out,
@@ -3770,16 +3827,26 @@ static int exec_for(struct rctx *c, struct node *n, struct val iterable, struct 
     lp->changed = vundef(NULL);
     struct val lv = {.t = V_LOOP};
     lv.lp = lp;
+    struct scope *is = NULL;
+    bool completed = false;
     for (size_t i = 0; i < lp->n; i++) {
         lp->i = i;
-        struct scope *is = scope_new(c, s);
+        charge(c, 1);
+        if (!is || is->captured) { /* a fresh scope per iteration, as jinja2 compiles it */
+            is = scope_new(c, s);
+        } else {
+            is->n = 0;
+        }
         scope_set(c, is, "loop", lv);
         c->line = n->line;
         assign(c, n->a, L_items(items)[i], is);
         int r = exec_body(c, &n->body, is, out);
         if (r == X_BREAK) break;
+        if (r == X_NORMAL) completed = true;
     }
-    if (lp->n == 0 && n->els.n) exec_body(c, &n->els, scope_new(c, s), out);
+    /* jinja2 clears its "no iteration" flag at the end of the body, so a break or continue before
+     * any body ran to its end still leaves the else to run */
+    if (!completed && n->els.n) exec_body(c, &n->els, scope_new(c, s), out);
     return X_NORMAL;
 }
 
@@ -3812,7 +3879,8 @@ static int exec_node(struct rctx *c, struct node *n, struct scope *s, struct sbu
         break;
     }
     case N_SETBLOCK: {
-        struct val v = capture(c, &n->body, scope_new(c, s));
+        struct val v = capture(c, &n->body, scope_new(c, s), &r);
+        if (r != X_NORMAL) break;
         v = apply_filter_chain(c, n->c, v, s);
         c->line = n->line;
         assign(c, n->a, v, s);
@@ -3841,7 +3909,8 @@ static int exec_node(struct rctx *c, struct node *n, struct scope *s, struct sbu
         break;
     }
     case N_FILTERBLOCK: {
-        struct val v = capture(c, &n->body, scope_new(c, s));
+        struct val v = capture(c, &n->body, scope_new(c, s), &r);
+        if (r != X_NORMAL) break;
         put_str(c, out, apply_filter_chain(c, n->c, v, s));
         break;
     }
@@ -3928,6 +3997,7 @@ static struct val mk_iter(struct rctx *c, struct val list, const char *what)
     g->list = list;
     g->used = false;
     g->what = what;
+    g->error = NULL;
     struct val v = {.t = V_ITER};
     v.it = g;
     return v;
@@ -3980,7 +4050,23 @@ static struct val str_strip(struct rctx *c, struct val s, struct val chars, bool
     return r;
 }
 
-typedef uint32_t (*cpmap_fn)(uint32_t);
+/* Python's full case mappings where they differ from the simple ones (SpecialCasing.txt, the common
+ * part): mode 0 upper, 1 lower, 3 title. Returns the replacement text or NULL. */
+static const char *special_case(uint32_t cp, int mode)
+{
+    static const struct {
+        uint32_t cp;
+        const char *upper, *title;
+    } up[] = {
+        {0xDF, "SS", "Ss"}, {0xFB00, "FF", "Ff"}, {0xFB01, "FI", "Fi"}, {0xFB02, "FL", "Fl"},
+        {0xFB03, "FFI", "Ffi"}, {0xFB04, "FFL", "Ffl"}, {0xFB05, "ST", "St"}, {0xFB06, "ST", "St"},
+        {0x149, "\xCA\xBCN", "\xCA\xBCN"},
+    };
+    if (mode == 1) return cp == 0x130 ? "i\xCC\x87" : NULL;
+    for (size_t i = 0; i < sizeof up / sizeof up[0]; i++)
+        if (up[i].cp == cp) return mode == 0 ? up[i].upper : up[i].title;
+    return NULL;
+}
 
 static struct val str_map(struct rctx *c, struct val s, int mode) /* 0 upper, 1 lower, 2 swapcase, 3 title, 4 capitalize */
 {
@@ -3991,6 +4077,15 @@ static struct val str_map(struct rctx *c, struct val s, int mode) /* 0 upper, 1 
         uint32_t cp, o;
         int l = u8_dec((const unsigned char *)s.s.p + i, s.s.n - i, &cp);
         bool up = py_iscased_upper(cp), lo = py_iscased_lower(cp);
+        int smode = mode == 0 ? 0 : mode == 1 ? 1 : mode == 2 ? (lo ? 0 : 1) : (mode == 3 ? !prev_cased : first) ? 3 : 1;
+        const char *sp = cp >= 0xDF ? special_case(cp, smode) : NULL;
+        if (sp) {
+            sb_puts(c, &b, sp);
+            prev_cased = up || lo;
+            first = false;
+            i += (size_t)l;
+            continue;
+        }
         switch (mode) {
         case 0: o = py_upper(cp); break;
         case 1: o = py_lower(cp); break;
@@ -4021,9 +4116,8 @@ static struct val str_split(struct rctx *c, struct val s, struct val sep, int64_
             for (;;) {
                 i += ws_run(s.s.p, s.s.n, i);
                 if (i >= s.s.n) break;
-                if (maxsplit >= 0 && splits >= maxsplit) {
-                    size_t e = rstrip_ws(s.s.p, i, s.s.n);
-                    list_push(c, &parts, with_safe(vstr(s.s.p + i, e - i), s));
+                if (maxsplit >= 0 && splits >= maxsplit) { /* the rest, trailing whitespace kept */
+                    list_push(c, &parts, with_safe(vstr(s.s.p + i, s.s.n - i), s));
                     break;
                 }
                 size_t j = i;
@@ -4044,10 +4138,8 @@ static struct val str_split(struct rctx *c, struct val s, struct val sep, int64_
         for (;;) {
             j = rstrip_ws(s.s.p, 0, j);
             if (j == 0) break;
-            if (maxsplit >= 0 && splits >= maxsplit) {
-                size_t a = 0;
-                a += ws_run(s.s.p, j, 0);
-                list_push(c, &rev, with_safe(vstr(s.s.p + a, j - a), s));
+            if (maxsplit >= 0 && splits >= maxsplit) { /* the rest, leading whitespace kept */
+                list_push(c, &rev, with_safe(vstr(s.s.p, j), s));
                 break;
             }
             size_t i = j;
@@ -4703,12 +4795,15 @@ static struct val call_method(struct rctx *c, struct method *me, struct cargs *a
         }
         if (!strcmp(m, "items")) {
             BIND0(m);
-            return dict_items(c, s.d);
+            struct val l = dict_items(c, s.d);
+            l.f |= F_ITEMS;
+            return l;
         }
         if (!strcmp(m, "keys") || !strcmp(m, "values")) {
             BIND0(m);
             struct val l = list_new(c, s.d->n, false);
             for (size_t i = 0; i < s.d->n; i++) list_push(c, &l, m[0] == 'k' ? s.d->k[i] : s.d->v[i]);
+            l.f |= m[0] == 'k' ? F_KEYS : F_VALUES;
             return l;
         }
         if (!strcmp(m, "copy")) {
@@ -4842,6 +4937,10 @@ static struct val call_global(struct rctx *c, int fn, struct cargs *a)
             rfail(c, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).", MAX_RANGE);
         struct val l = list_new(c, (size_t)cnt, false);
         for (int64_t i = 0; i < (int64_t)cnt; i++) list_push(c, &l, vint(start + i * step));
+        l.f |= F_RANGE;
+        l.l.buf->range[0] = start;
+        l.l.buf->range[1] = stop;
+        l.l.buf->range[2] = step;
         return l;
     }
     case G_DICT: return vdict(build_dict(c, a, "dict"));
@@ -4982,6 +5081,7 @@ static void json_dump(struct rctx *c, struct sbuf *b, struct val v, const struct
     case V_FLOAT: json_float(c, b, v.fl); return;
     case V_STR: json_str(c, b, v.s.p, v.s.n, jf->ascii); return;
     case V_LIST: {
+        if (v.f & (F_VIEW | F_RANGE)) rfail(c, "Object of type %s is not JSON serializable", type_name(v));
         if (!v.l.n) {
             sb_put(c, b, "[]", 2);
             return;
@@ -5352,7 +5452,8 @@ static struct val do_indent(struct rctx *c, struct val s, struct cargs *a)
         memset(p, ' ', (size_t)w);
         ind = vstr(p, (size_t)w);
     }
-    s = to_str(c, s);
+    if (s.t == V_UNDEF) undef_fail(c, s);
+    if (s.t != V_STR) rfail(c, "unsupported operand type(s) for +=: '%s' and 'str'", type_name(s));
     struct val s2 = str_cat(c, vstr(s.s.p, s.s.n), VLIT("\n")); /* jinja2: s += "\n" before splitlines */
     struct val lines = str_splitlines(c, s2, false);
     struct sbuf b = {0};
@@ -5369,7 +5470,39 @@ static struct val do_indent(struct rctx *c, struct val s, struct cargs *a)
     return with_safe(sb_val(&b), s);
 }
 
+static struct val apply_filter_now(struct rctx *c, int id, const char *name, struct val v, struct cargs *a);
+
+/* jinja2's map, select, reject, selectattr, rejectattr, unique, batch, slice and items are generators:
+ * nothing runs until the result is iterated, and map/select/... of a false value yield nothing. Here
+ * they run at once, and an error they meet waits in the generator until it is consumed. */
 static struct val apply_filter(struct rctx *c, int id, const char *name, struct val v, struct cargs *a)
+{
+    bool lazy = id == FI_MAP || id == FI_SELECT || id == FI_REJECT || id == FI_SELECTATTR || id == FI_REJECTATTR ||
+                id == FI_UNIQUE || id == FI_BATCH || id == FI_SLICE || id == FI_ITEMS;
+    if (!lazy) return apply_filter_now(c, id, name, v, a);
+    if ((id == FI_MAP || id == FI_SELECT || id == FI_REJECT || id == FI_SELECTATTR || id == FI_REJECTATTR) &&
+        !truthy(v))
+        return mk_iter(c, list_new(c, 1, false), "generator");
+    jmp_buf saved;
+    memcpy(&saved, &c->err.jb, sizeof saved);
+    int depth = c->depth, nrepr = c->nrepr, line = c->line;
+    struct val r;
+    if (setjmp(c->err.jb) == 0) {
+        r = apply_filter_now(c, id, name, v, a);
+        memcpy(&c->err.jb, &saved, sizeof saved);
+        return r;
+    }
+    memcpy(&c->err.jb, &saved, sizeof saved);
+    if (c->err.fatal) raise_raw(&c->err, c->err.msg);
+    c->depth = depth;
+    c->nrepr = nrepr;
+    c->line = line;
+    r = mk_iter(c, list_new(c, 1, false), "generator");
+    r.it->error = str_copy(c, c->err.msg, strlen(c->err.msg)).s.p;
+    return r;
+}
+
+static struct val apply_filter_now(struct rctx *c, int id, const char *name, struct val v, struct cargs *a)
 {
     charge(c, 1);
     switch (id) {
@@ -5527,7 +5660,8 @@ static struct val apply_filter(struct rctx *c, int id, const char *name, struct 
     case FI_LIST: {
         BIND0("list");
         struct val items = iter_list(c, v);
-        if (v.t == V_LIST) return do_slice(c, items, vnone(), vnone(), vnone()); /* a copy, a list even of a tuple */
+        if (v.t == V_LIST) items = do_slice(c, items, vnone(), vnone(), vnone()); /* a copy */
+        items.f = 0; /* a list, even of a tuple or range */
         return items;
     }
     case FI_LOWER: BIND0("lower"); return str_map(c, to_str(c, v), 1);
@@ -5589,7 +5723,22 @@ static struct val apply_filter(struct rctx *c, int id, const char *name, struct 
         if (v.t == V_UNDEF) undef_fail(c, v);
         if (!is_num(v)) rfail(c, "type %s doesn't define __round__ method", type_name(v));
         if (!strcmp(method, "common")) {
-            if (v.t != V_FLOAT) return vint(num_i(v)); /* round(int, n) stays an int */
+            if (v.t != V_FLOAT) { /* round(int, n) stays an int; n < 0 rounds half to even */
+                int64_t x = num_i(v);
+                if (p >= 0) return vint(x);
+                if (p < -18) return vint(0);
+                int64_t m = 1;
+                for (int64_t k = 0; k < -p; k++) m *= 10;
+                int64_t q = x / m, r = x % m;
+                if (r < 0) {
+                    r += m;
+                    q -= 1;
+                }
+                if (2 * r > m || (2 * r == m && (q & 1))) q += 1;
+                int64_t res;
+                if (__builtin_mul_overflow(q, m, &res)) rfail(c, "integer overflow");
+                return vint(res);
+            }
             return vfloat(py_round(v.fl, p));
         }
         double m = pow(10.0, (double)p);
@@ -5648,7 +5797,13 @@ static struct val apply_filter(struct rctx *c, int id, const char *name, struct 
     }
     case FI_TRUNCATE: {
         BIND("truncate", "length", "killwords", "end", "leeway");
-        struct val s = to_str(c, v);
+        struct val s = v;
+        if (s.t == V_UNDEF) undef_fail(c, s);
+        if (s.t != V_STR) { /* jinja2 takes len() of it, then slices and rsplits a str */
+            int64_t length = GIVEN(0) ? want_int(c, av[0], "truncate") : 255;
+            if (py_len(c, s) <= length + (GIVEN(3) && av[3].t != V_NONE ? want_int(c, av[3], "truncate") : 5)) return s;
+            rfail(c, "'%s' object has no attribute 'rsplit'", type_name(s));
+        }
         int64_t length = GIVEN(0) ? want_int(c, av[0], "truncate") : 255;
         struct val end = GIVEN(2) ? want_str(c, av[2], "truncate") : VLIT("...");
         int64_t leeway = GIVEN(3) && av[3].t != V_NONE ? want_int(c, av[3], "truncate") : 5;
@@ -5670,6 +5825,8 @@ static struct val apply_filter(struct rctx *c, int id, const char *name, struct 
         struct val seen = list_new(c, items.l.n, false);
         for (size_t i = 0; i < items.l.n; i++) {
             struct val x = L_items(items)[i], k = sort_key(c, x, av[1], truthy(av[0]));
+            if ((k.t == V_LIST && !(k.f & F_TUPLE)) || k.t == V_DICT || k.t == V_NS)
+                rfail(c, "unhashable type: '%s'", type_name(k));
             bool dup = false;
             charge(c, seen.l.n / 8);
             for (size_t j = 0; j < seen.l.n && !dup; j++) dup = py_eq(c, L_items(seen)[j], k, 0);
@@ -5784,6 +5941,7 @@ static struct val from_json(struct rctx *c, json_t *j, int depth)
         json_t *v;
         json_object_foreach(j, key, v)
         {
+            if (!u8_valid(key, strlen(key))) rfail(c, "input data holds a key that is not valid UTF-8");
             /* keys are unique in a json_t: append without searching */
             if (d->n == d->cap) dict_set(c, d, vstr(key, strlen(key)), from_json(c, v, depth + 1));
             else {
@@ -5800,7 +5958,10 @@ static struct val from_json(struct rctx *c, json_t *j, int depth)
         for (size_t i = 0; i < n; i++) list_push(c, &l, from_json(c, json_array_get(j, i), depth + 1));
         return l;
     }
-    case JSON_STRING: return vstr(json_string_value(j), json_string_length(j));
+    case JSON_STRING:
+        if (!u8_valid(json_string_value(j), json_string_length(j))) rfail(c, "input data holds a string that is not valid UTF-8");
+        charge(c, json_string_length(j) / 4096);
+        return vstr(json_string_value(j), json_string_length(j));
     case JSON_INTEGER: return vint((int64_t)json_integer_value(j));
     case JSON_REAL: return vfloat(json_real_value(j));
     case JSON_TRUE: return vbool(true);
