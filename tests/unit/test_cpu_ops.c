@@ -100,7 +100,7 @@ static void test_matmul(struct loom_backend *be, const char *label, bool bf16_mo
 {
     static const int shapes[][3] = {{1, 7, 5},     {1, 33, 67},   {2, 64, 96},   {3, 5, 31},    {4, 13, 130},
                                     {5, 17, 33},   {7, 100, 513}, {1, 300, 1030}, {67, 37, 1030}, {130, 9, 40},
-                                    {16, 64, 64},  {4, 4, 4096},  {33, 131, 257}};
+                                    {16, 64, 64},  {4, 4, 4096},  {33, 131, 257}, {2, 5, 8200}};
     const enum loom_dtype dts[] = {LOOM_DTYPE_F32, LOOM_DTYPE_F16, LOOM_DTYPE_BF16};
     for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
         for (int di = 0; di < 3; di++) {

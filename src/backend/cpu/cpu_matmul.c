@@ -2,9 +2,9 @@
  * cpu_matmul.c: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]), x and out F32, w F32/F16/BF16 at any
  * alignment (the mmapped file). Where the time of a forward pass goes, so three shapes of kernel:
  *
- *  - GEMV (n <= 4, decode): bound by reading w once. Each thread streams a range of w rows, four
- *    at a time, against every token: for bf16 one 64-byte load gives 32 weights, split into the
- *    even and odd halves by a shift and a mask (exact), and x is permuted to match.
+ *  - GEMV (n <= 4, decode): bound by reading w once. Each thread streams a range of w rows, one
+ *    row at a time, against every token: for bf16 one 64-byte load gives 32 weights, split into
+ *    the even and odd halves by a shift and a mask (exact), and x is permuted to match.
  *  - GEMM (prefill, fp32-exact): work items are (a chunk of w rows) x (a block of tokens). A tile of
  *    4 w rows x KC columns is converted to f32 in an L1-resident buffer, then every token of the
  *    block is dotted against it, 4 rows x up to 6 tokens per kernel call (24 accumulators along k,
@@ -22,7 +22,7 @@
 
 #define KC 512     /* k block of the f32 GEMM (4 rows x 512 floats = 8 KiB of packed w) */
 #define KC_BF16 1024
-#define NB 64      /* tokens per GEMM block */
+#define NB 256     /* tokens per GEMM block: their x block (512 KiB at most) stays in L2 */
 #define GEMV_MAX 4 /* largest n that takes the GEMV path (AVX-512) */
 
 struct mm_job {
@@ -54,6 +54,19 @@ static void add_bias(const struct mm_job *j, int t0, int t1, int j0, int j1)
         float *o = j->out + (int64_t)t * j->os;
         for (int c = j0; c < j1; c++) o[c] += cpu_load_f(j->bias, j->bt, c);
     }
+}
+
+/* Asks for w rows [row, row + rows) x [k0, k0 + kc) to be brought toward L2 while the current tile
+ * computes: the next tile's pack then finds its rows in cache instead of waiting on memory. */
+static void prefetch_rows(const struct mm_job *j, int row, int rows, int k0, int kc)
+{
+#if defined(__GNUC__)
+    const size_t es = loom_dtype_size(j->wt);
+    for (int r = 0; r < rows; r++) {
+        const char *p = j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * (int64_t)es;
+        for (size_t b = 0; b < (size_t)kc * es; b += 64) __builtin_prefetch(p + b, 0, 2);
+    }
+#endif
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -170,47 +183,77 @@ T512 static INLINE __m128 hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
-/* R (1 or 4) rows starting at row j0, NT tokens: out[t, j0 + r] = x[t] . w[j0 + r] */
-T512 static INLINE void gemv_tile_512(const struct mm_job *j, int j0, const int R, const int NT,
-                                      const enum loom_dtype wt)
+/* x permuted once per call the way w32_512 splits bf16 weights (even elements, then odd, per 32),
+ * so the row loop does no shuffles: [NT][kp], zero-padded to kp = k rounded up to 32. */
+#define GEMV_XP_MAX 8192
+T512 static void permute_x_512(const struct mm_job *j, int nt, float *xp, int kp)
+{
+    for (int t = 0; t < nt; t++)
+        for (int kk = 0; kk < kp; kk += 32) {
+            __m512 a, b;
+            x32_512(j->x + (int64_t)t * j->xs + kk, LOOM_DTYPE_BF16, j->k - kk, &a, &b);
+            _mm512_storeu_ps(xp + (int64_t)t * kp + kk, a);
+            _mm512_storeu_ps(xp + (int64_t)t * kp + kk + 16, b);
+        }
+}
+
+/* Row j0 against NT tokens: out[t, j0] = x[t] . w[j0]. One row at a time, so the weights stream
+ * through memory in order: on the Zen 4 here, four interleaved row streams ran at a third of the
+ * bandwidth of one. xp: x already permuted (bf16 weights, k <= GEMV_XP_MAX), else NULL. */
+T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int NT, const enum loom_dtype wt,
+                                     const float *xp, int kp)
 {
     const size_t esz = loom_dtype_size(wt);
-    const char *wr[4];
-    const float *xr[4];
-    __m512 acc[4][GEMV_MAX];
-    for (int r = 0; r < R; r++) wr[r] = j->w + (int64_t)(j0 + r) * j->ws_bytes;
-    for (int t = 0; t < NT; t++) xr[t] = j->x + (int64_t)t * j->xs;
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    const char *wr = j->w + (int64_t)j0 * j->ws_bytes;
+    const float *xr[GEMV_MAX];
+    __m512 acc_a[GEMV_MAX], acc_b[GEMV_MAX];
+    for (int t = 0; t < NT; t++) {
+        xr[t] = xp ? xp + (int64_t)t * kp : j->x + (int64_t)t * j->xs;
+        acc_a[t] = acc_b[t] = _mm512_setzero_ps();
+    }
+    const enum loom_dtype xorder = xp ? LOOM_DTYPE_F32 : wt; /* permuted already: load as is */
     const int k = j->k;
-    for (int kk = 0; kk < k; kk += 32) {
-        const int rem = k - kk; /* >= 32 except in the last step */
-        __m512 xa[GEMV_MAX], xb[GEMV_MAX];
-        for (int t = 0; t < NT; t++) x32_512(xr[t] + kk, wt, rem, &xa[t], &xb[t]);
-        for (int r = 0; r < R; r++) {
-            __m512 wa, wb;
-            w32_512(wr[r] + kk * esz, wt, rem, &wa, &wb);
-            for (int t = 0; t < NT; t++) {
-                acc[r][t] = _mm512_fmadd_ps(wa, xa[t], acc[r][t]);
-                acc[r][t] = _mm512_fmadd_ps(wb, xb[t], acc[r][t]);
-            }
+    int kk = 0;
+    for (; kk + 32 <= k; kk += 32) { /* full steps: no masks, no branches */
+        __m512 wa, wb;
+        w32_512(wr + kk * esz, wt, 32, &wa, &wb);
+        for (int t = 0; t < NT; t++) {
+            __m512 xa, xb;
+            x32_512(xr[t] + kk, xorder, 32, &xa, &xb);
+            acc_a[t] = _mm512_fmadd_ps(wa, xa, acc_a[t]);
+            acc_b[t] = _mm512_fmadd_ps(wb, xb, acc_b[t]);
         }
     }
-    for (int t = 0; t < NT; t++) {
-        float *o = j->out + (int64_t)t * j->os + j0;
-        if (R == 4) _mm_storeu_ps(o, hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
-        else o[0] = _mm512_reduce_add_ps(acc[0][t]);
+    if (kk < k) {
+        __m512 wa, wb;
+        w32_512(wr + kk * esz, wt, k - kk, &wa, &wb);
+        for (int t = 0; t < NT; t++) {
+            __m512 xa, xb;
+            if (xp) x32_512(xr[t] + kk, LOOM_DTYPE_F32, 32, &xa, &xb); /* zero-padded */
+            else x32_512(xr[t] + kk, wt, k - kk, &xa, &xb);
+            acc_a[t] = _mm512_fmadd_ps(wa, xa, acc_a[t]);
+            acc_b[t] = _mm512_fmadd_ps(wb, xb, acc_b[t]);
+        }
     }
+    for (int t = 0; t < NT; t++) j->out[(int64_t)t * j->os + j0] = _mm512_reduce_add_ps(_mm512_add_ps(acc_a[t], acc_b[t]));
 }
 
 T512 static INLINE void gemv_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
 {
-    int r = j0;
+    _Alignas(64) float xp_buf[GEMV_MAX * GEMV_XP_MAX];
+    const float *xp = NULL;
+    const int kp = (j->k + 31) & ~31;
+    if (wt == LOOM_DTYPE_BF16 && kp <= GEMV_XP_MAX) {
+        permute_x_512(j, j->n, xp_buf, kp);
+        xp = xp_buf;
+    }
     switch (j->n) {
 #define CASE(NT)                                                                                         \
     case NT:                                                                                             \
-        for (; r + 4 <= j1; r += 4) gemv_tile_512(j, r, 4, NT, wt);                                      \
-        for (; r < j1; r++) gemv_tile_512(j, r, 1, NT, wt);                                              \
+        if (xp)                                                                                          \
+            for (int r = j0; r < j1; r++) gemv_row_512(j, r, NT, wt, xp, kp);                            \
+        else                                                                                             \
+            for (int r = j0; r < j1; r++) gemv_row_512(j, r, NT, wt, NULL, 0);                           \
         break;
         CASE(1)
         CASE(2)
@@ -265,9 +308,20 @@ T512 static INLINE void gemm_tile_512_t(const float *wb, int kcp, int kc, const 
     __m512 acc[4][6];
     for (int r = 0; r < 4; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
-    for (int kk = 0; kk < kc; kk += 16) {
-        const int rem = kc - kk;
-        __mmask16 m = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+    int kk = 0;
+    for (; kk + 16 <= kc; kk += 16) {
+        __m512 w0 = _mm512_load_ps(wb + kk), w1 = _mm512_load_ps(wb + kcp + kk);
+        __m512 w2 = _mm512_load_ps(wb + 2 * kcp + kk), w3 = _mm512_load_ps(wb + 3 * kcp + kk);
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_loadu_ps(x + t * xs + kk);
+            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+        }
+    }
+    if (kk < kc) { /* the packed w is zero-padded; x is not, so mask its loads */
+        __mmask16 m = (__mmask16)((1u << (kc - kk)) - 1);
         __m512 w0 = _mm512_load_ps(wb + kk), w1 = _mm512_load_ps(wb + kcp + kk);
         __m512 w2 = _mm512_load_ps(wb + 2 * kcp + kk), w3 = _mm512_load_ps(wb + 3 * kcp + kk);
         for (int t = 0; t < NT; t++) {
@@ -322,26 +376,42 @@ T512BF static void x_to_bf16_512(void *arg, int64_t b, int64_t e, int ith)
     }
 }
 
-T512BF static INLINE void bf16_tile_t(const struct mm_job *j, int row, int rows, int k0, int kc, int t0,
-                                      const int NT, bool accumulate)
+/* 4 w rows of k range [k0, k0 + kc) copied row by row (sequential reads) into [4][kcp] bf16,
+ * zero-padded; rows past `rows` are zero */
+T512BF static void pack_bf16_512(uint16_t *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc)
+{
+    for (int r = 0; r < 4; r++) {
+        uint16_t *d = dst + (int64_t)r * kcp;
+        if (r >= rows) {
+            memset(d, 0, (size_t)kcp * 2);
+            continue;
+        }
+        const char *src = j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * 2;
+        for (int i = 0; i < kcp; i += 32) {
+            int rem = kc - i;
+            __mmask32 m = rem >= 32 ? 0xffffffffu : rem > 0 ? (__mmask32)((1u << rem) - 1) : 0;
+            _mm512_store_si512(d + i, _mm512_maskz_loadu_epi16(m, src + i * 2));
+        }
+    }
+}
+
+/* out[t0 .. t0 + NT, row .. row + rows] (+)= packed w tile . x rows (bf16, zero-padded to kcp) */
+T512BF static INLINE void bf16_tile_t(const struct mm_job *j, const uint16_t *wb, int kcp, int row, int rows, int k0,
+                                      int t0, const int NT, bool accumulate)
 {
     __m512 acc[4][6];
-    const char *wr[4];
-    for (int r = 0; r < 4; r++) wr[r] = j->w + (int64_t)(row + (r < rows ? r : rows - 1)) * j->ws_bytes + (int64_t)k0 * 2;
     for (int r = 0; r < 4; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
     const uint16_t *xb = j->xb + (int64_t)t0 * j->kp + k0;
-    for (int kk = 0; kk < kc; kk += 32) {
-        const int rem = kc - kk;
-        __mmask32 m = rem >= 32 ? 0xffffffffu : (__mmask32)((1u << rem) - 1);
-        __m512i w0 = _mm512_maskz_loadu_epi16(m, wr[0] + kk * 2), w1 = _mm512_maskz_loadu_epi16(m, wr[1] + kk * 2);
-        __m512i w2 = _mm512_maskz_loadu_epi16(m, wr[2] + kk * 2), w3 = _mm512_maskz_loadu_epi16(m, wr[3] + kk * 2);
+    for (int kk = 0; kk < kcp; kk += 32) {
+        __m512bh w0 = (__m512bh)_mm512_load_si512(wb + kk), w1 = (__m512bh)_mm512_load_si512(wb + kcp + kk);
+        __m512bh w2 = (__m512bh)_mm512_load_si512(wb + 2 * kcp + kk), w3 = (__m512bh)_mm512_load_si512(wb + 3 * kcp + kk);
         for (int t = 0; t < NT; t++) {
             __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + t * j->kp + kk);
-            acc[0][t] = _mm512_dpbf16_ps(acc[0][t], (__m512bh)w0, xv);
-            acc[1][t] = _mm512_dpbf16_ps(acc[1][t], (__m512bh)w1, xv);
-            acc[2][t] = _mm512_dpbf16_ps(acc[2][t], (__m512bh)w2, xv);
-            acc[3][t] = _mm512_dpbf16_ps(acc[3][t], (__m512bh)w3, xv);
+            acc[0][t] = _mm512_dpbf16_ps(acc[0][t], w0, xv);
+            acc[1][t] = _mm512_dpbf16_ps(acc[1][t], w1, xv);
+            acc[2][t] = _mm512_dpbf16_ps(acc[2][t], w2, xv);
+            acc[3][t] = _mm512_dpbf16_ps(acc[3][t], w3, xv);
         }
     }
     __mmask8 sm = (__mmask8)((1u << rows) - 1);
@@ -357,23 +427,26 @@ T512BF static void gemm_bf16_item(void *arg, int64_t b, int64_t e, int ith)
 {
     const struct mm_job *j = arg;
     (void)ith;
+    _Alignas(64) uint16_t wb[4 * KC_BF16];
     for (int64_t item = b; item < e; item++) {
         int mci = (int)(item % j->n_mchunks), tbi = (int)(item / j->n_mchunks);
         int j0 = mci * j->mc, j1 = min_i(j->m, j0 + j->mc);
         int t0 = tbi * NB, t1 = min_i(j->n, t0 + NB);
         for (int k0 = 0; k0 < j->k; k0 += KC_BF16) {
-            int kc = min_i(KC_BF16, j->k - k0);
+            int kc = min_i(KC_BF16, j->k - k0), kcp = (kc + 31) & ~31;
             for (int row = j0; row < j1; row += 4) {
                 int rows = min_i(4, j1 - row);
+                pack_bf16_512(wb, kcp, j, row, rows, k0, kc);
+                if (row + 4 < j1) prefetch_rows(j, row + 4, min_i(4, j1 - row - 4), k0, kc);
                 int t = t0;
-                for (; t + 6 <= t1; t += 6) bf16_tile_t(j, row, rows, k0, kc, t, 6, k0 > 0);
+                for (; t + 6 <= t1; t += 6) bf16_tile_t(j, wb, kcp, row, rows, k0, t, 6, k0 > 0);
                 switch (t1 - t) {
                 case 0: break;
-                case 1: bf16_tile_t(j, row, rows, k0, kc, t, 1, k0 > 0); break;
-                case 2: bf16_tile_t(j, row, rows, k0, kc, t, 2, k0 > 0); break;
-                case 3: bf16_tile_t(j, row, rows, k0, kc, t, 3, k0 > 0); break;
-                case 4: bf16_tile_t(j, row, rows, k0, kc, t, 4, k0 > 0); break;
-                case 5: bf16_tile_t(j, row, rows, k0, kc, t, 5, k0 > 0); break;
+                case 1: bf16_tile_t(j, wb, kcp, row, rows, k0, t, 1, k0 > 0); break;
+                case 2: bf16_tile_t(j, wb, kcp, row, rows, k0, t, 2, k0 > 0); break;
+                case 3: bf16_tile_t(j, wb, kcp, row, rows, k0, t, 3, k0 > 0); break;
+                case 4: bf16_tile_t(j, wb, kcp, row, rows, k0, t, 4, k0 > 0); break;
+                case 5: bf16_tile_t(j, wb, kcp, row, rows, k0, t, 5, k0 > 0); break;
                 }
             }
         }
@@ -469,6 +542,7 @@ static void gemm_item(const struct mm_job *j, int64_t item, pack_fn pack, tile_f
         for (int row = j0; row < j1; row += 4) {
             int rows = min_i(4, j1 - row);
             pack(wb, kcp, j, row, rows, k0, kc);
+            if (row + 4 < j1) prefetch_rows(j, row + 4, min_i(4, j1 - row - 4), k0, kc);
             tile(wb, kcp, kc, j->x + (int64_t)t0 * j->xs + k0, j->xs, t1 - t0, j->out + (int64_t)t0 * j->os + row, j->os,
                  rows, k0 > 0);
         }
