@@ -836,8 +836,8 @@ static void run_all(void)
     test_matmul(8, 4864, 896, act, LOOM_DTYPE_F32, false, 0);
     test_matmul(4, 128, 40, LOOM_DTYPE_F16, act, true, 8);
     test_matmul(2, 896, 151, act, LOOM_DTYPE_F32, true, 16);
-    const int rn[][2] = {{1, 64}, {5, 897}, {17, 4096}};
-    for (int i = 0; i < 3; i++) {
+    const int rn[][2] = {{1, 64}, {5, 897}, {17, 4096}, {3, 5000}}; /* the last: longer than the register path */
+    for (int i = 0; i < 4; i++) {
         test_rmsnorm(rn[i][0], rn[i][1], act, false, false);
         test_rmsnorm(rn[i][0], rn[i][1], LOOM_DTYPE_F32, true, false);
         test_rmsnorm(rn[i][0], rn[i][1], LOOM_DTYPE_BF16, false, true);
@@ -845,6 +845,7 @@ static void run_all(void)
     test_rope(5, 3, 64, 0);
     test_rope(13, 7, 128, 64);
     test_rope(1, 2, 32, 0);
+    test_rope(3, 40, 128, 0); /* 2560 pairs a row: more than one pass of the block */
     test_elementwise(1, 4864);
     test_elementwise(7, 131);
     test_gather_scatter(50, 9, 96, act);

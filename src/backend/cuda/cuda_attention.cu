@@ -43,6 +43,7 @@ static size_t attn_smem_bytes(int group, int head_dim)
 
 template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params P)
 {
+    PDL_PROLOGUE();
     extern __shared__ float sm[];
     const int D = P.head_dim, G = P.group;
     float *qs = sm;
@@ -90,15 +91,15 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     const T *vc = (const T *)P.vc + (int64_t)kvh * D;
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     constexpr int EPC = 16 / sizeof(T); /* elements per 16-byte load */
+    /* the first tile's cache slots, fetched together with q; later tiles' while the scores compute */
+    if (start < end && threadIdx.x < min(ATTN_TILE, end - start)) {
+        int p = start + threadIdx.x;
+        slot_s[threadIdx.x] = bt[p / P.block_size] * P.block_size + p % P.block_size;
+    }
 
     for (int t0 = start; t0 < end; t0 += ATTN_TILE) {
         const int nt = min(ATTN_TILE, end - t0);
-        __syncthreads(); /* the previous tile's readers are done */
-        if (threadIdx.x < nt) {
-            int p = t0 + threadIdx.x;
-            slot_s[threadIdx.x] = bt[p / P.block_size] * P.block_size + p % P.block_size;
-        }
-        __syncthreads();
+        __syncthreads(); /* slot_s is ready; the previous tile's readers are done */
         if (P.vec) {
             const int cpr = D / EPC; /* 16-byte chunks per row */
             for (int i = threadIdx.x; i < nt * cpr; i += blockDim.x) {
@@ -122,6 +123,10 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
             }
         }
         __syncthreads();
+        if (t0 + ATTN_TILE < end && threadIdx.x < min(ATTN_TILE, end - t0 - ATTN_TILE)) {
+            int p = t0 + ATTN_TILE + threadIdx.x;
+            slot_s[threadIdx.x] = bt[p / P.block_size] * P.block_size + p % P.block_size;
+        }
         for (int i = threadIdx.x; i < G * ATTN_TILE; i += blockDim.x) {
             int g = i / ATTN_TILE, t = i - g * ATTN_TILE;
             float sc = -INFINITY;
@@ -192,17 +197,27 @@ template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kerne
     __syncthreads();
     if (!*last_s) return;
     __threadfence();
+    /* every split's (max, sum) per head into shared memory (the K tile's space is free), then the outputs */
+    float *ml = ks; /* [G][n_splits][2], in the K and V tiles' space */
+    for (int i = threadIdx.x; i < G * P.n_splits; i += blockDim.x) {
+        int g = i / P.n_splits, z = i - g * P.n_splits;
+        const float *w = wbase + ((int64_t)g * P.n_splits + z) * (D + 2);
+        ml[2 * i] = __ldcg(w);
+        ml[2 * i + 1] = __ldcg(w + 1);
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
         int g = i / D, d = i - g * D;
         const float *w = wbase + (int64_t)g * P.n_splits * (D + 2);
+        const float *mg = ml + 2 * g * P.n_splits;
         float M = -INFINITY;
-        for (int z = 0; z < P.n_splits; z++) M = fmaxf(M, __ldcg(w + z * (D + 2)));
+        for (int z = 0; z < P.n_splits; z++) M = fmaxf(M, mg[2 * z]);
         float L = 0.f, a = 0.f;
         for (int z = 0; z < P.n_splits; z++) {
-            float m = __ldcg(w + z * (D + 2));
+            float m = mg[2 * z];
             if (m == -INFINITY) continue;
             float e = __expf(m - M);
-            L += __ldcg(w + z * (D + 2) + 1) * e;
+            L += mg[2 * z + 1] * e;
             a += __ldcg(w + z * (D + 2) + 2 + d) * e;
         }
         out[i] = from_f<T>(L > 0.f ? a / L : 0.f);
@@ -287,7 +302,8 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     int tiles = (max_len + ATTN_TILE - 1) / ATTN_TILE;
     size_t per_split = (size_t)n_tokens * n_heads * (head_dim + 2) * sizeof(float);
     while (splits < ATTN_MAX_SPLITS && blocks * splits * 2 <= target && splits * 2 <= tiles &&
-           per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= ATTN_MAX_COUNTERS)
+           per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= ATTN_MAX_COUNTERS &&
+           2 * P.group * splits * 2 <= ATTN_TILE * (2 * head_dim + 1)) /* the merge's (max, sum) fit in K|V smem */
         splits *= 2;
     P.n_splits = splits;
 

@@ -25,6 +25,11 @@ void cuda_rec_init(struct cuda_ctx *c)
 {
     const char *e = getenv("LOOM_CUDA_GRAPHS");
     c->graphs = !(e && !strcmp(e, "0"));
+    e = getenv("LOOM_CUDA_PDL");
+    c->pdl = !(e && !strcmp(e, "0"));
+    int major = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device));
+    if (major < 9) c->pdl = false;
     e = getenv("LOOM_CUDA_PROFILE");
     c->profile = e && strcmp(e, "0");
     if (c->profile) {
@@ -138,8 +143,17 @@ static void issue_all(struct cuda_ctx *c, const struct cuda_rec *recs, int n, co
             gemm_issue(c, (const struct cuda_gemm_args *)(blob + r->off + r->arg_off[0]));
         } else {
             for (int a = 0; a < r->n_args; a++) args[a] = (void *)(blob + r->off + r->arg_off[a]);
-            CUDA_CHECK(cudaLaunchKernel(r->func, dim3(r->grid[0], r->grid[1], r->grid[2]),
-                                        dim3(r->block[0], r->block[1], r->block[2]), args, r->smem, c->stream));
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(r->grid[0], r->grid[1], r->grid[2]);
+            cfg.blockDim = dim3(r->block[0], r->block[1], r->block[2]);
+            cfg.dynamicSmemBytes = r->smem;
+            cfg.stream = c->stream;
+            cudaLaunchAttribute attr = {};
+            attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr.val.programmaticStreamSerializationAllowed = 1;
+            cfg.attrs = &attr;
+            cfg.numAttrs = c->pdl ? 1 : 0;
+            CUDA_CHECK(cudaLaunchKernelExC(&cfg, r->func, args));
         }
         if (c->profile) CUDA_CHECK(cudaEventRecord(c->prof_ev[2 * i + 1], c->stream));
     }

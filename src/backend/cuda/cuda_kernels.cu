@@ -54,6 +54,7 @@ __device__ float block_sum(float v)
 __global__ void gather_rows_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt, int64_t xstride,
                                    const int32_t *idx, int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t r = blockIdx.x;
     int64_t src = idx[r];
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
@@ -82,6 +83,7 @@ void cuda_gather_rows(struct loom_backend *be, struct loom_tensor out, struct lo
 __global__ void scatter_add_rows_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt,
                                         int64_t xstride, const int32_t *idx, const float *weight, int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t r = blockIdx.x;
     int64_t dst = idx[r];
     float wt = weight ? weight[r] : 1.f;
@@ -101,11 +103,63 @@ void cuda_scatter_add_rows(struct loom_backend *be, struct loom_tensor out, stru
     CUDA_LAUNCH_CHECK();
 }
 
-/* ---- norms ---- */
+/* ---- norms ----
+ * One block of ROW_THREADS per row, the row held in registers (EPT elements a thread, EPT <= 16: rows
+ * up to 4096): every load is issued before the first store, so a row costs one memory round trip
+ * instead of one per element (in-place rows would otherwise serialize each load behind the store
+ * before it). Longer rows take the loop below. */
+#define ROW_THREADS 256
+
+__device__ __forceinline__ float round_to(int dt, float v)
+{
+    if (dt == LOOM_DTYPE_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    if (dt == LOOM_DTYPE_F16) return __half2float(__float2half_rn(v));
+    return v;
+}
+
+/* FUSED: res += x (rounded to res's dtype) first, and the norm is of the new res. */
+template <int EPT, bool FUSED>
+__global__ void __launch_bounds__(ROW_THREADS)
+    norm_reg_kernel(void *res, int rdt, int64_t rstride, const void *x, int xdt, int64_t xstride, void *out, int odt,
+                    int64_t ostride, const void *w, int wdt, int cols, float eps)
+{
+    PDL_PROLOGUE();
+    const int64_t r = blockIdx.x;
+    float v[EPT], wv[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; i++) {
+        int c = threadIdx.x + i * ROW_THREADS;
+        v[i] = 0.f;
+        wv[i] = 0.f;
+        if (c < cols) {
+            v[i] = ld_f(x, xdt, r * xstride + c);
+            if (FUSED) v[i] = round_to(rdt, v[i] + ld_f(res, rdt, r * rstride + c));
+            wv[i] = ld_f(w, wdt, c);
+        }
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < EPT; i++) ss += v[i] * v[i];
+    if (FUSED) {
+#pragma unroll
+        for (int i = 0; i < EPT; i++) {
+            int c = threadIdx.x + i * ROW_THREADS;
+            if (c < cols) st_f(res, rdt, r * rstride + c, v[i]);
+        }
+    }
+    ss = block_sum(ss);
+    const float inv = rsqrtf(ss / (float)cols + eps);
+#pragma unroll
+    for (int i = 0; i < EPT; i++) {
+        int c = threadIdx.x + i * ROW_THREADS;
+        if (c < cols) st_f(out, odt, r * ostride + c, v[i] * inv * wv[i]);
+    }
+}
 
 __global__ void rmsnorm_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt, int64_t xstride,
                                const void *w, int wdt, int64_t cols, float eps)
 {
+    PDL_PROLOGUE();
     int64_t r = blockIdx.x;
     float ss = 0.f;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -119,21 +173,12 @@ __global__ void rmsnorm_kernel(void *out, int odt, int64_t ostride, const void *
         st_f(out, odt, r * ostride + c, ld_f(x, xdt, r * xstride + c) * inv * ld_f(w, wdt, c));
 }
 
-void cuda_rmsnorm(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x, struct loom_tensor weight,
-                  float eps)
-{
-    LOOM_ASSERT(out.rows == x.rows && out.cols == x.cols && weight.rows * weight.cols == x.cols);
-    if (x.rows == 0) return;
-    cuda_launch(cuda_ctx_of(be), rmsnorm_kernel, dim3(rows_grid(x.rows)), dim3(256), 0, 
-        out.data, out.dtype, out.stride, x.data, x.dtype, x.stride, weight.data, weight.dtype, x.cols, eps);
-    CUDA_LAUNCH_CHECK();
-}
-
 /* residual += x (rounded to residual's dtype); out = rmsnorm(residual) * w */
 __global__ void add_rmsnorm_kernel(void *res, int rdt, int64_t rstride, const void *x, int xdt, int64_t xstride,
                                    void *out, int odt, int64_t ostride, const void *w, int wdt, int64_t cols,
                                    float eps)
 {
+    PDL_PROLOGUE();
     int64_t r = blockIdx.x;
     float ss = 0.f;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -148,34 +193,91 @@ __global__ void add_rmsnorm_kernel(void *res, int rdt, int64_t rstride, const vo
         st_f(out, odt, r * ostride + c, ld_f(res, rdt, r * rstride + c) * inv * ld_f(w, wdt, c));
 }
 
+/* Launches the register kernel when the row fits, else the loop kernel. */
+static void norm_launch(struct loom_backend *be, bool fused, struct loom_tensor res, struct loom_tensor x,
+                        struct loom_tensor out, struct loom_tensor w, float eps)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    int cols = (int)x.cols, ept = (cols + ROW_THREADS - 1) / ROW_THREADS;
+    dim3 grid(rows_grid(x.rows)), block(ROW_THREADS);
+#define NORM_CASE(E)                                                                                     \
+    if (ept <= E) {                                                                                      \
+        if (fused)                                                                                       \
+            cuda_launch(c, norm_reg_kernel<E, true>, grid, block, 0, res.data, res.dtype, res.stride, x.data, x.dtype, \
+                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps);          \
+        else                                                                                             \
+            cuda_launch(c, norm_reg_kernel<E, false>, grid, block, 0, (void *)NULL, 0, (int64_t)0, x.data, x.dtype, \
+                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps);          \
+        return;                                                                                          \
+    }
+    NORM_CASE(1)
+    NORM_CASE(2)
+    NORM_CASE(4)
+    NORM_CASE(8)
+    NORM_CASE(16)
+#undef NORM_CASE
+    if (fused)
+        cuda_launch(c, add_rmsnorm_kernel, grid, block, 0, res.data, res.dtype, res.stride, x.data, x.dtype, x.stride,
+                    out.data, out.dtype, out.stride, w.data, w.dtype, x.cols, eps);
+    else
+        cuda_launch(c, rmsnorm_kernel, grid, block, 0, out.data, out.dtype, out.stride, x.data, x.dtype, x.stride,
+                    w.data, w.dtype, x.cols, eps);
+}
+
+void cuda_rmsnorm(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x, struct loom_tensor weight,
+                  float eps)
+{
+    LOOM_ASSERT(out.rows == x.rows && out.cols == x.cols && weight.rows * weight.cols == x.cols);
+    if (x.rows == 0) return;
+    norm_launch(be, false, x, x, out, weight, eps);
+}
+
 void cuda_add_rmsnorm(struct loom_backend *be, struct loom_tensor residual, struct loom_tensor x,
                       struct loom_tensor out, struct loom_tensor weight, float eps)
 {
     LOOM_ASSERT(residual.rows == x.rows && residual.cols == x.cols && out.rows == x.rows && out.cols == x.cols);
     LOOM_ASSERT(weight.rows * weight.cols == x.cols);
     if (x.rows == 0) return;
-    cuda_launch(cuda_ctx_of(be), add_rmsnorm_kernel, dim3(rows_grid(x.rows)), dim3(256), 0, 
-        residual.data, residual.dtype, residual.stride, x.data, x.dtype, x.stride, out.data, out.dtype, out.stride,
-        weight.data, weight.dtype, x.cols, eps);
-    CUDA_LAUNCH_CHECK();
+    norm_launch(be, true, residual, x, out, weight, eps);
 }
 
-/* ---- rope (neox: rotate the two halves of each head) ---- */
+/* ---- rope (neox: rotate the two halves of each head) ----
+ * One block per row, a thread per (head, pair); up to ROPE_UNROLL pairs a thread are loaded before
+ * any is stored (the op is in place). */
+#define ROPE_THREADS 256
+#define ROPE_UNROLL 4
 
-__global__ void rope_kernel(void *x, int xdt, int64_t xstride, const int32_t *positions, int n_heads, int head_dim,
-                            const float *inv_freq)
+__global__ void __launch_bounds__(ROPE_THREADS)
+    rope_kernel(void *x, int xdt, int64_t xstride, const int32_t *positions, int n_heads, int head_dim,
+                const float *inv_freq)
 {
-    int64_t r = blockIdx.x;
-    int half = head_dim / 2;
-    float pos = (float)positions[r];
-    for (int i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
-        int h = i / half, j = i % half;
-        float s, c;
-        sincosf(pos * inv_freq[j], &s, &c);
-        int64_t o1 = r * xstride + (int64_t)h * head_dim + j, o2 = o1 + half;
-        float a = ld_f(x, xdt, o1), b = ld_f(x, xdt, o2);
-        st_f(x, xdt, o1, a * c - b * s);
-        st_f(x, xdt, o2, b * c + a * s);
+    PDL_PROLOGUE();
+    const int64_t r = blockIdx.x;
+    const int half = head_dim / 2, npairs = n_heads * half;
+    const float pos = (float)positions[r];
+    for (int base = threadIdx.x; base < npairs; base += ROPE_THREADS * ROPE_UNROLL) {
+        float a[ROPE_UNROLL], b[ROPE_UNROLL], f[ROPE_UNROLL];
+        int64_t o[ROPE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < ROPE_UNROLL; u++) {
+            int i = base + u * ROPE_THREADS;
+            o[u] = -1;
+            if (i < npairs) {
+                int h = i / half, j = i - h * half;
+                o[u] = r * xstride + (int64_t)h * head_dim + j;
+                a[u] = ld_f(x, xdt, o[u]);
+                b[u] = ld_f(x, xdt, o[u] + half);
+                f[u] = pos * inv_freq[j];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < ROPE_UNROLL; u++) {
+            if (o[u] < 0) continue;
+            float sn, cs;
+            sincosf(f[u], &sn, &cs);
+            st_f(x, xdt, o[u], a[u] * cs - b[u] * sn);
+            st_f(x, xdt, o[u] + half, b[u] * cs + a[u] * sn);
+        }
     }
 }
 
@@ -185,8 +287,8 @@ void cuda_rope(struct loom_backend *be, struct loom_tensor x, const int32_t *pos
     LOOM_ASSERT(x.cols >= (int64_t)n_heads * head_dim && head_dim % 2 == 0);
     LOOM_ASSERT(inv_freq.dtype == LOOM_DTYPE_F32 && inv_freq.rows * inv_freq.cols == head_dim / 2);
     if (x.rows == 0) return;
-    cuda_launch(cuda_ctx_of(be), rope_kernel, dim3(rows_grid(x.rows)), dim3(128), 0, x.data, x.dtype, x.stride, positions, n_heads,
-                                                                        head_dim, (const float *)inv_freq.data);
+    cuda_launch(cuda_ctx_of(be), rope_kernel, dim3(rows_grid(x.rows)), dim3(ROPE_THREADS), 0, x.data, x.dtype,
+                x.stride, positions, n_heads, head_dim, (const float *)inv_freq.data);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -195,6 +297,7 @@ void cuda_rope(struct loom_backend *be, struct loom_tensor x, const int32_t *pos
 __global__ void kv_store_kernel(void *kc, void *vc, int cdt, int64_t kcs, int64_t vcs, const void *k, const void *v,
                                 int kdt, int64_t ks, int64_t vs, const int32_t *slots, int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t r = blockIdx.x;
     int64_t slot = slots[r];
     if (slot < 0) return; /* a padding token: nothing to store */
@@ -221,6 +324,7 @@ void cuda_kv_store(struct loom_backend *be, struct loom_tensor k_cache, struct l
 __global__ void silu_mul_kernel(void *out, int odt, int64_t ostride, const void *g, int gdt, int64_t gstride,
                                 const void *u, int udt, int64_t ustride, int64_t rows, int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols, c = i % cols;
@@ -243,6 +347,7 @@ void cuda_silu_mul(struct loom_backend *be, struct loom_tensor out, struct loom_
 __global__ void add_kernel(void *x, int xdt, int64_t xstride, const void *y, int ydt, int64_t ystride, int64_t rows,
                            int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols, c = i % cols;
@@ -264,6 +369,7 @@ void cuda_add(struct loom_backend *be, struct loom_tensor x, struct loom_tensor 
 __global__ void convert_kernel(void *dst, int ddt, int64_t dstride, const void *src, int sdt, int64_t sstride,
                                int64_t rows, int64_t cols)
 {
+    PDL_PROLOGUE();
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols, c = i % cols;
@@ -289,6 +395,7 @@ void cuda_convert(struct loom_backend *be, struct loom_tensor dst, struct loom_t
 __global__ void moe_route_kernel(const void *logits, int ldt, int64_t lstride, int64_t n, int n_exp, int k,
                                  bool renorm, int32_t *ids, float *weights)
 {
+    PDL_PROLOGUE();
     __shared__ float prob[MOE_WARPS][MOE_MAX_EXPERTS];
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     int64_t r = (int64_t)blockIdx.x * MOE_WARPS + wid;

@@ -31,6 +31,7 @@ static cudaDataType_t cuda_dt(enum loom_dtype t)
 __global__ void matmul_generic_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt, int64_t xstride,
                                       const void *w, int wdt, int64_t wstride, int n, int m, int k)
 {
+    PDL_PROLOGUE();
     __shared__ float xs[MM_BK][MM_BM + 1]; /* xs[kk][row] */
     __shared__ float ws[MM_BK][MM_BN + 1]; /* ws[kk][col] */
     int r0 = blockIdx.y * MM_BM, c0 = blockIdx.x * MM_BN;
@@ -73,6 +74,7 @@ __global__ void matmul_generic_kernel(void *out, int odt, int64_t ostride, const
 
 __global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void *bias, int bdt, int n, int m)
 {
+    PDL_PROLOGUE();
     int64_t total = (int64_t)n * m;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / m, c = i % m;
@@ -87,12 +89,14 @@ __global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void 
  * strides and the pointers aligned to 8 elements (16 bytes); cuBLAS takes the rest. */
 #define GEMV_MAX_N 8
 #define GEMV_WARPS 4
+#define GEMV_BATCH 4
 
 template <typename TW, typename TX, int NB, int KW>
 __global__ void __launch_bounds__(32 * GEMV_WARPS)
     gemv_kernel(void *out, int odt, int64_t ostride, const TX *__restrict__ x, int64_t xstride,
                 const TW *__restrict__ w, int64_t wstride, const void *bias, int bdt, int m, int k)
 {
+    PDL_PROLOGUE();
     /* KW warps share a row (long k): each takes every KW-th 256-element slice, then they add up */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (GEMV_WARPS / KW) + warp / KW, part = warp % KW;
@@ -100,17 +104,41 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
     if (row < m) {
+        /* GEMV_BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any
+         * is used: one memory round trip per batch instead of one per slice */
         const TW *wr = w + (int64_t)row * wstride;
-#pragma unroll 4
-        for (int c = (part * 32 + lane) * 8; c < k; c += 256 * KW) {
-            float wf[8];
-            unpack8(__ldg((const uint4 *)(wr + c)), wf, (const TW *)0);
+        const int step = 256 * KW;
+        for (int c0 = (part * 32 + lane) * 8; c0 < k; c0 += GEMV_BATCH * step) {
+            uint4 wv[GEMV_BATCH], xv[GEMV_BATCH][NB <= 2 ? NB : 1];
 #pragma unroll
-            for (int b = 0; b < NB; b++) {
-                float xf[8];
-                unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
+            for (int u = 0; u < GEMV_BATCH; u++) {
+                int c = c0 + u * step;
+                wv[u] = make_uint4(0, 0, 0, 0);
+                if (c < k) wv[u] = __ldg((const uint4 *)(wr + c));
+                if constexpr (NB <= 2) {
 #pragma unroll
-                for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+                    for (int b = 0; b < NB; b++) {
+                        xv[u][b] = make_uint4(0, 0, 0, 0);
+                        if (c < k) xv[u][b] = *(const uint4 *)(x + b * xstride + c);
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_BATCH; u++) {
+                int c = c0 + u * step;
+                if (c >= k) break;
+                float wf[8];
+                unpack8(wv[u], wf, (const TW *)0);
+#pragma unroll
+                for (int b = 0; b < NB; b++) {
+                    float xf[8];
+                    if constexpr (NB <= 2)
+                        unpack8(xv[u][b], xf, (const TX *)0);
+                    else
+                        unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+                }
             }
         }
     }
