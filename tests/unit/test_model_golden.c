@@ -7,6 +7,8 @@
  *   - all prompts of a model in one batch (several sequences in one forward);
  *   - the greedy continuation computed incrementally through the KV cache, equal to p{k}.greedy up
  *     to the first step whose margin is below 1e-3 (after that the reference may legitimately differ).
+ * Then the CPU's bf16 mode (--dtype bfloat16: bf16 weights, bf16 dot products in the prefill
+ * matmuls): prefill logits within 0.25, the README's bf16 tolerance.
  * LOOM_GOLDEN_THREADS sets the threads (default: all cores); LOOM_GOLDEN_MODELS=a,b limits the models.
  */
 #include "backend/backend.h"
@@ -268,6 +270,58 @@ static void test_model(struct loom_backend *be, const char *name)
     loom_safetensors_close(gs);
 }
 
+/* bf16 mode: each prompt as one prefill, all rows (the 151k model: its last row) within 0.25 */
+static void test_model_bf16(struct loom_backend *be, const char *name)
+{
+    char dir[1024], gpath[1100];
+    snprintf(dir, sizeof(dir), "%s%s", test_shared("models/"), name);
+    snprintf(gpath, sizeof(gpath), "%s/golden.safetensors", dir);
+    struct loom_safetensors *gs = NULL;
+    if (loom_safetensors_open(gpath, &gs)) return;
+    struct loom_model_options mo = {.weight_dtype = LOOM_DTYPE_BF16, .max_batch_tokens = 256, .max_batch_seqs = 1,
+                                    .max_logit_rows = 8};
+    struct loom_model *m = NULL;
+    int st = loom_model_load(dir, be, &mo, &m);
+    CHECK_MSG(st == 0, "%s bf16: load: %s", name, loom_last_error());
+    if (st) {
+        loom_safetensors_close(gs);
+        return;
+    }
+    CHECK(loom_model_alloc_kv(m, NUM_BLOCKS, BS) == 0);
+    const int V = m->cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)V * 8);
+    static struct batch_buf bb;
+    double worst = 0;
+    for (int k = 0; k < 4; k++) {
+        char nm[64];
+        snprintf(nm, sizeof(nm), "p%d.ids", k);
+        const struct loom_st_tensor *ti = loom_safetensors_find(gs, nm);
+        if (!ti) break;
+        snprintf(nm, sizeof(nm), "p%d.logits", k);
+        const struct loom_st_tensor *tl = loom_safetensors_find(gs, nm);
+        const int L = (int)ti->numel, R = (int)tl->shape[0];
+        struct seq sq;
+        seq_init(&sq, k);
+        /* the last rows only (up to 8): the prefill itself runs over all L tokens */
+        struct segment sg = {&sq, ti->data, 0, L};
+        struct loom_batch b = make_batch(&bb, &sg, 1, false);
+        int rows = L < 8 ? L : 8;
+        for (int r = 0; r < rows; r++) bb.logit_rows[r] = L - rows + r;
+        b.n_logits = R == L ? rows : 1;
+        if (R != L) bb.logit_rows[0] = L - 1;
+        st = loom_model_forward(m, &b, logits);
+        CHECK_MSG(st == 0, "%s bf16 p%d: %s", name, k, loom_last_error());
+        const float *gold = (const float *)tl->data + (R == L ? (int64_t)(L - rows) * V : 0);
+        double d = max_diff(logits, gold, (int64_t)b.n_logits * V);
+        if (d > worst || d != d) worst = d;
+    }
+    CHECK_MSG(worst < 0.25, "%s: bf16 mode logits differ by %g", name, worst);
+    printf("%-22s bf16 mode: prefill %.3f\n", name, worst);
+    free(logits);
+    loom_model_free(m);
+    loom_safetensors_close(gs);
+}
+
 int main(void)
 {
     const char *th = getenv("LOOM_GOLDEN_THREADS");
@@ -276,6 +330,11 @@ int main(void)
     CHECK(loom_backend_create(&bo, &be) == 0);
     for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
         if (wanted(models[i])) test_model(be, models[i]);
+    loom_backend_destroy(be);
+    bo.act_dtype = LOOM_DTYPE_BF16;
+    CHECK(loom_backend_create(&bo, &be) == 0);
+    for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
+        if (wanted(models[i])) test_model_bf16(be, models[i]);
     loom_backend_destroy(be);
     return test_report();
 }
