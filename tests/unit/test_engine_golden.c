@@ -1,0 +1,211 @@
+/*
+ * test_engine_golden.c: batch invariance of the whole engine on the real models of ../shared/models.
+ * For every checkpoint, all its golden prompts are submitted at once, longest first (greedy, ignore_eos,
+ * max_tokens = the golden length) and, through the engine's logits hook, every prompt-position row is compared with
+ * p{k}.logits (within 1e-3, fp32 on the CPU) and the greedy tokens with p{k}.greedy up to the first
+ * step whose golden margin is below 1e-3. Three engine set-ups:
+ *   - the defaults (1 GiB KV cache, budget 2048);
+ *   - --num-kv-blocks 16 --block-size 16: preemption must happen where the prompts cannot all fit;
+ *   - --max-num-batched-tokens 8: prefills are chunked.
+ * LOOM_GOLDEN_THREADS sets the CPU threads (default: all cores); LOOM_GOLDEN_MODELS=a,b limits the models.
+ */
+#include "core/log.h"
+#include "engine/engine_internal.h"
+#include "format/safetensors.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdint.h>
+
+#define TOL 1e-3
+#define MAXP 4
+
+static const char *models[] = {"llama-tiny",           "qwen2-tiny",   "qwen3-tiny",      "mistral-tiny-f16",
+                               "llama31-tiny-sharded", "mixtral-tiny", "qwen2-tiny-151k", "stories260K"};
+
+struct prompt {
+    const int32_t *ids, *greedy;
+    const float *logits, *margin;
+    int L, G, R; /* prompt length, greedy steps, golden logits rows (L, or 1 = the last position) */
+    uint64_t id;
+    int32_t out[256];
+    int n_out;
+    enum loom_finish_reason finish;
+    double max_err;
+    int rows_checked;
+};
+
+struct run {
+    struct prompt p[MAXP];
+    int n, vocab;
+};
+
+static void on_output(const struct loom_output *o, void *user)
+{
+    struct prompt *p = user;
+    for (int i = 0; i < o->n_tokens && p->n_out < 256; i++) p->out[p->n_out++] = o->token_ids[i];
+    p->finish = o->finish_reason;
+}
+
+static void on_logits(void *user, uint64_t request_id, int index, int position, const float *logits, int vocab)
+{
+    struct run *r = user;
+    for (int k = 0; k < r->n; k++) {
+        struct prompt *p = &r->p[k];
+        if (p->id != request_id || position >= p->L) continue;
+        int row = p->R == p->L ? position : (position == p->L - 1 ? 0 : -1);
+        if (row < 0) continue;
+        const float *g = p->logits + (size_t)row * vocab;
+        for (int v = 0; v < vocab; v++) {
+            double e = fabs((double)logits[v] - g[v]);
+            if (!(e <= p->max_err)) p->max_err = isnan(e) ? INFINITY : e;
+        }
+        p->rows_checked++;
+    }
+    (void)index;
+}
+
+static const float *tensor_f32(struct loom_safetensors *st, const char *name, int *n0)
+{
+    const struct loom_st_tensor *t = loom_safetensors_find(st, name);
+    if (!t || t->dtype != LOOM_DTYPE_F32) return NULL;
+    *n0 = (int)t->shape[0];
+    return t->data;
+}
+
+static const int32_t *tensor_i32(struct loom_safetensors *st, const char *name, int *n0)
+{
+    const struct loom_st_tensor *t = loom_safetensors_find(st, name);
+    if (!t || t->dtype != LOOM_DTYPE_I32) return NULL;
+    *n0 = (int)t->shape[0];
+    return t->data;
+}
+
+static void run_model(const char *name, int threads)
+{
+    char dir[512], golden[600];
+    snprintf(dir, sizeof(dir), "%s", test_shared("models/"));
+    strncat(dir, name, sizeof(dir) - strlen(dir) - 1);
+    snprintf(golden, sizeof(golden), "%s/golden.safetensors", dir);
+    struct loom_safetensors *st = NULL;
+    if (loom_safetensors_open(golden, &st)) {
+        CHECK_MSG(0, "%s: %s", golden, loom_last_error());
+        return;
+    }
+    static struct run r;
+    memset(&r, 0, sizeof(r));
+    for (int k = 0; k < MAXP; k++) {
+        char nm[64];
+        struct prompt *p = &r.p[r.n];
+        snprintf(nm, sizeof(nm), "p%d.ids", k);
+        if (!(p->ids = tensor_i32(st, nm, &p->L))) break;
+        snprintf(nm, sizeof(nm), "p%d.greedy", k);
+        p->greedy = tensor_i32(st, nm, &p->G);
+        snprintf(nm, sizeof(nm), "p%d.margin", k);
+        int gm = 0;
+        p->margin = tensor_f32(st, nm, &gm);
+        snprintf(nm, sizeof(nm), "p%d.logits", k);
+        p->logits = tensor_f32(st, nm, &p->R);
+        CHECK(p->greedy && p->margin && p->logits && gm == p->G && (p->R == p->L || p->R == 1));
+        r.n++;
+    }
+    CHECK(r.n >= 3);
+
+    struct setup {
+        const char *what;
+        int num_kv_blocks, block_size, budget;
+    } setups[] = {
+        {"defaults", 0, 16, 2048},
+        {"--num-kv-blocks 16 --block-size 16", 16, 16, 2048},
+        {"--max-num-batched-tokens 8", 0, 16, 8},
+    };
+    for (size_t si = 0; si < sizeof(setups) / sizeof(setups[0]); si++) {
+        struct loom_engine_options o;
+        loom_engine_options_default(&o);
+        o.model_dir = dir;
+        o.threads = threads;
+        o.dtype = "float32"; /* fp32 compute: the golden tolerance is 1e-3 */
+        o.num_kv_blocks = setups[si].num_kv_blocks;
+        o.block_size = setups[si].block_size;
+        o.max_num_batched_tokens = setups[si].budget;
+        o.kv_cache_memory = 64 << 20;
+        struct loom_engine *e = NULL;
+        int rc = loom_engine_create(&o, &e);
+        CHECK_MSG(rc == 0, "%s: create: %s", name, loom_last_error());
+        if (rc) continue;
+        r.vocab = loom_engine_vocab_size(e);
+        loom_engine_set_logits_hook(e, on_logits, &r);
+        int blocks_needed = 0;
+        for (int k = r.n - 1; k >= 0; k--) { /* the longest first: with 16 blocks, all are admitted, then grow */
+            struct prompt *p = &r.p[k];
+            p->n_out = 0;
+            p->max_err = 0;
+            p->rows_checked = 0;
+            p->finish = LOOM_FINISH_NONE;
+            struct loom_request req;
+            loom_request_default(&req);
+            req.prompt_ids = p->ids;
+            req.n_prompt_ids = p->L;
+            req.params.temperature = 0;
+            req.params.ignore_eos = true;
+            req.params.max_tokens = p->G;
+            req.params.prompt_logprobs = p->R == p->L ? 0 : -1; /* the prompt rows only when they are compared */
+            req.on_output = on_output;
+            req.user = p;
+            rc = loom_engine_add_request(e, &req, &p->id);
+            CHECK_MSG(rc == 0, "%s: add: %s", name, loom_last_error());
+        }
+        for (int t = 0; t <= 256; t++) { /* blocks held together after t steps if all ran at once */
+            int held = 0;
+            for (int k = 0; k < r.n; k++)
+                if (t < r.p[k].G) held += (r.p[k].L + t + 1 + 15) / 16;
+            if (held > blocks_needed) blocks_needed = held;
+        }
+        for (int guard = 0; loom_engine_has_work(e) && guard < 100000; guard++) loom_engine_step(e);
+        loom_engine_check(e);
+        struct loom_engine_stats stats;
+        loom_engine_get_stats(e, &stats);
+        int bad = 0;
+        for (int k = 0; k < r.n; k++) {
+            struct prompt *p = &r.p[k];
+            int cmp = 0;
+            while (cmp < p->G && p->margin[cmp] >= TOL) cmp++;
+            int same = 0;
+            while (same < cmp && same < p->n_out && p->out[same] == p->greedy[same]) same++;
+            if (same < cmp || p->n_out != p->G || p->finish != LOOM_FINISH_LENGTH) {
+                CHECK_MSG(0, "%s [%s] prompt %d: %d tokens, the first %d of %d comparable match", name, setups[si].what, k,
+                          p->n_out, same, cmp);
+                bad++;
+            }
+            if (!(p->max_err <= TOL) || p->rows_checked < p->R) {
+                CHECK_MSG(0, "%s [%s] prompt %d: logits error %.3g over %d rows (of %d)", name, setups[si].what, k,
+                          p->max_err, p->rows_checked, p->R);
+                bad++;
+            }
+        }
+        if (si == 1 && blocks_needed > 16)
+            CHECK_MSG(stats.num_preemptions > 0, "%s: %d blocks needed of 16 and no preemption", name, blocks_needed);
+        if (si == 2) CHECK_MSG(stats.num_prefill_chunks > 0, "%s: no chunked prefill with a budget of 8", name);
+        double worst = 0;
+        for (int k = 0; k < r.n; k++)
+            if (r.p[k].max_err > worst) worst = r.p[k].max_err;
+        printf("%-22s %-36s %s: max logit error %.2e, %lld steps, %lld preemptions, %lld prefill chunks\n", name,
+               setups[si].what, bad ? "FAIL" : "ok", worst, (long long)stats.num_steps, (long long)stats.num_preemptions,
+               (long long)stats.num_prefill_chunks);
+        loom_engine_free(e);
+    }
+    loom_safetensors_close(st);
+}
+
+int main(void)
+{
+    loom_log_set_level(LOOM_LOG_WARN);
+    const char *t = getenv("LOOM_GOLDEN_THREADS");
+    int threads = t ? atoi(t) : 0;
+    const char *only = getenv("LOOM_GOLDEN_MODELS");
+    for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+        if (only && !strstr(only, models[i])) continue;
+        run_model(models[i], threads);
+    }
+    return test_report();
+}
