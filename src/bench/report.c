@@ -253,6 +253,26 @@ json_t *loom_bench_git_json(void)
     return o;
 }
 
+json_t *loom_bench_binary_json(void)
+{
+    json_t *o = json_object();
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (n > 0) {
+        path[n] = 0;
+        json_object_set_new(o, "path", json_string(path));
+        struct stat st;
+        if (!stat(path, &st)) {
+            char ts[64];
+            struct tm tm;
+            gmtime_r(&st.st_mtime, &tm);
+            strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            json_object_set_new(o, "built", json_string(ts));
+        }
+    }
+    return o;
+}
+
 json_t *loom_bench_argv_json(int argc, char **argv)
 {
     json_t *a = json_array();

@@ -23,7 +23,10 @@ int64_t loom_bench_weight_bytes(const char *model_dir);
 json_t *loom_bench_git_json(void);
 /* The git commit of the source tree loom was built from, or NULL (caller frees). */
 char *loom_bench_git_commit(const char *source_dir);
-/* argv as a JSON array and as one shell-quoted string. */
+/* {"path", "built"}: the running binary and its modification time (the commit above is read at run time,
+ * so a binary older than the checkout's HEAD shows up here). */
+json_t *loom_bench_binary_json(void);
+/* argv as a JSON array. */
 json_t *loom_bench_argv_json(int argc, char **argv);
 /* UTC time now, ISO 8601. */
 void loom_bench_timestamp(char *buf, size_t cap);

@@ -97,6 +97,7 @@ static json_t *record_base(const char *kind, int argc, char **argv)
     json_object_set_new(root, "loom_version", json_string(LOOM_VERSION));
     json_object_set_new(root, "argv", loom_bench_argv_json(argc, argv));
     json_object_set_new(root, "git", loom_bench_git_json());
+    json_object_set_new(root, "binary", loom_bench_binary_json());
     json_object_set_new(root, "machine", loom_bench_machine_json());
     return root;
 }
@@ -443,6 +444,8 @@ static int bench_serve(int argc, char **argv)
 
 int loom_cmd_bench(int argc, char **argv)
 {
+    /* the engine's per-request log lines would drown the progress bar: warnings only, unless asked */
+    if (!getenv("LOOM_LOG")) loom_log_set_level(LOOM_LOG_WARN);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage_bench(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
