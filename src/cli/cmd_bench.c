@@ -6,6 +6,7 @@
  */
 #include "bench/dataset.h"
 #include "bench/metrics.h"
+#include "bench/offline.h"
 #include "bench/report.h"
 #include "bench/serve.h"
 #include "cli/commands.h"
@@ -63,6 +64,26 @@ static void on_sigint(int sig)
         dst = (int)x_;                                                                                   \
     }
 
+/* JSON of the engine options, for the record */
+static json_t *engine_json(const struct loom_engine_options *o)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "model_dir", json_string(o->model_dir ? o->model_dir : ""));
+    json_object_set_new(j, "device", json_string(o->device ? o->device : "cpu"));
+    json_object_set_new(j, "dtype", json_string(o->dtype ? o->dtype : "auto"));
+    json_object_set_new(j, "threads", json_integer(o->threads));
+    json_object_set_new(j, "max_model_len", json_integer(o->max_model_len));
+    json_object_set_new(j, "max_num_seqs", json_integer(o->max_num_seqs));
+    json_object_set_new(j, "max_num_batched_tokens", json_integer(o->max_num_batched_tokens));
+    json_object_set_new(j, "block_size", json_integer(o->block_size));
+    json_object_set_new(j, "kv_cache_memory", json_integer(o->kv_cache_memory));
+    json_object_set_new(j, "num_kv_blocks", json_integer(o->num_kv_blocks));
+    json_object_set_new(j, "gpu_memory_utilization", json_real(round(o->gpu_memory_utilization * 1e6) / 1e6));
+    json_object_set_new(j, "enable_prefix_caching", json_boolean(o->enable_prefix_caching));
+    json_object_set_new(j, "seed", json_integer((json_int_t)o->seed));
+    return j;
+}
+
 /* config.json facts worth recording: architectures[0], sizes, dtype */
 static json_t *model_json(const char *dir)
 {
@@ -117,12 +138,296 @@ static int finish_json(json_t *root, const char *path)
     return rc;
 }
 
-/* throughput and latency drive the engine in-process; they land with the engine (include/loom.h). */
-static int bench_needs_engine(const char *what)
+static void print_device(const struct loom_engine_options *o)
 {
-    fprintf(stderr, "loom: bench %s: not available yet (it needs the engine, which this build does not have)\n",
-            what);
-    return 1;
+    const char *dev = o->device ? o->device : "cpu";
+    char *gpu = !strcmp(dev, "cuda") ? loom_bench_gpu_name() : NULL;
+    char buf[300];
+    snprintf(buf, sizeof(buf), "%s%s%s%s", dev, gpu ? " (" : "", gpu ? gpu : "", gpu ? ")" : "");
+    loom_bench_line_str(stdout, "Device:", buf);
+    free(gpu);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* throughput */
+
+static int bench_throughput(int argc, char **argv)
+{
+    struct loom_engine_options eo;
+    loom_engine_options_default(&eo);
+    struct loom_bench_throughput_config cfg = {.engine = &eo, .num_prompts = 1000, .input_len = 1024,
+                                               .output_len = 128, .temperature = 1.0, .progress = true};
+    const char *json_path = NULL, *dataset_path = NULL;
+    const char *v;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        int c = loom_cli_common_flag(argc, argv, &i, &eo);
+        if (c < 0) return 2;
+        if (c > 0) continue;
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            usage_bench(stdout);
+            return 0;
+        }
+        INT_FLAG("--input-len", 1, 1 << 24, cfg.input_len)
+        INT_FLAG("--output-len", 1, 1 << 24, cfg.output_len)
+        INT_FLAG("--num-prompts", 1, 10000000, cfg.num_prompts)
+        else if (!strcmp(f, "--random-range-ratio")) {
+            VAL();
+            if (loom_cli_float(f, v, 0, 0.999, &cfg.range_ratio)) return 2;
+        } else if (!strcmp(f, "--temperature")) {
+            VAL();
+            if (loom_cli_float(f, v, 0, 100, &cfg.temperature)) return 2;
+        } else if (!strcmp(f, "--dataset-path")) {
+            VAL();
+            dataset_path = v;
+        } else if (!strcmp(f, "--json")) {
+            VAL();
+            json_path = v;
+        } else if (!strcmp(f, "--no-progress") || !strcmp(f, "--disable-tqdm")) {
+            cfg.progress = false;
+        } else if (f[0] == '-') {
+            fprintf(stderr, "loom: bench throughput: unknown flag %s\n", f);
+            return 2;
+        } else if (!eo.model_dir) {
+            eo.model_dir = f;
+        } else {
+            fprintf(stderr, "loom: bench throughput: one MODEL_DIR only (got '%s' too)\n", f);
+            return 2;
+        }
+    }
+    if (!eo.model_dir) {
+        fprintf(stderr, "loom: bench throughput: MODEL_DIR is missing\n");
+        usage_bench(stderr);
+        return 2;
+    }
+    cfg.seed = eo.seed;
+    struct loom_bench_dataset ds = {0};
+    if (dataset_path) {
+        if (loom_bench_dataset_jsonl(&ds, dataset_path, cfg.num_prompts, cfg.output_len)) {
+            fprintf(stderr, "loom: bench throughput: %s\n", loom_last_error());
+            return 2;
+        }
+        cfg.dataset = &ds;
+    }
+    struct loom_bench_throughput_result r;
+    int rc = loom_bench_throughput_run(&cfg, &r);
+    loom_bench_dataset_free(&ds);
+    if (rc) {
+        fprintf(stderr, "loom: bench throughput: %s\n", loom_last_error());
+        return 1;
+    }
+    loom_bench_title(stdout, " Throughput Benchmark Result ", '=');
+    loom_bench_line_str(stdout, "Model:", eo.model_dir);
+    print_device(&eo);
+    loom_bench_line_int(stdout, "Requests:", r.num_requests);
+    loom_bench_line_int(stdout, "Failed requests:", r.failed);
+    loom_bench_line_float(stdout, "Engine start-up (s):", r.engine_init_s);
+    loom_bench_line_float(stdout, "Elapsed (s):", r.elapsed_s);
+    loom_bench_line_int(stdout, "Total prompt tokens:", r.prompt_tokens);
+    loom_bench_line_int(stdout, "Total generated tokens:", r.output_tokens);
+    loom_bench_line_float(stdout, "Request throughput (req/s):", r.requests_per_s);
+    loom_bench_line_float(stdout, "Output token throughput (tok/s):", r.output_tokens_per_s);
+    loom_bench_line_float(stdout, "Total token throughput (tok/s):", r.total_tokens_per_s);
+    loom_bench_line_int(stdout, "Engine steps:", r.stats.num_steps);
+    loom_bench_line_int(stdout, "Preemptions:", r.stats.num_preemptions);
+    loom_bench_title(stdout, "", '=');
+    /* vLLM's one-line summary, so scripts that grep it keep working */
+    printf("Throughput: %.2f requests/s, %.2f total tokens/s, %.2f output tokens/s\n", r.requests_per_s,
+           r.total_tokens_per_s, r.output_tokens_per_s);
+    fflush(stdout);
+
+    json_t *root = record_base("throughput", argc, argv);
+    json_t *conf = json_object();
+    json_object_set_new(conf, "num_prompts", json_integer(cfg.num_prompts));
+    json_object_set_new(conf, "input_len", json_integer(cfg.input_len));
+    json_object_set_new(conf, "output_len", json_integer(cfg.output_len));
+    json_object_set_new(conf, "random_range_ratio", json_real(cfg.range_ratio));
+    json_object_set_new(conf, "dataset_path", dataset_path ? json_string(dataset_path) : json_null());
+    json_object_set_new(conf, "temperature", json_real(cfg.temperature));
+    json_object_set_new(conf, "ignore_eos", json_true());
+    json_object_set_new(conf, "engine", engine_json(&eo));
+    json_object_set_new(root, "config", conf);
+    json_object_set_new(root, "model", model_json(eo.model_dir));
+    json_object_set_new(root, "device", json_string(eo.device ? eo.device : "cpu"));
+    json_object_set_new(root, "num_requests", json_integer(r.num_requests));
+    json_object_set_new(root, "failed", json_integer(r.failed));
+    json_object_set_new(root, "concurrency",
+                        json_integer(r.num_requests < eo.max_num_seqs || eo.max_num_seqs <= 0 ? r.num_requests
+                                                                                              : eo.max_num_seqs));
+    json_object_set_new(root, "engine_init_s", json_real(r.engine_init_s));
+    json_object_set_new(root, "elapsed_time", json_real(r.elapsed_s));
+    json_object_set_new(root, "total_prompt_tokens", json_integer(r.prompt_tokens));
+    json_object_set_new(root, "total_output_tokens", json_integer(r.output_tokens));
+    json_object_set_new(root, "total_num_tokens", json_integer(r.prompt_tokens + r.output_tokens));
+    json_object_set_new(root, "requests_per_second", json_real(r.requests_per_s));
+    json_object_set_new(root, "tokens_per_second", json_real(r.total_tokens_per_s));
+    json_object_set_new(root, "output_tokens_per_second", json_real(r.output_tokens_per_s));
+    json_object_set_new(root, "engine_steps", json_integer(r.stats.num_steps));
+    json_object_set_new(root, "preemptions", json_integer(r.stats.num_preemptions));
+    json_object_set_new(root, "num_kv_blocks", json_integer(r.stats.num_kv_blocks));
+    return finish_json(root, json_path);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* latency */
+
+static const double latency_pcts[] = {10, 25, 50, 75, 90, 99};
+#define N_LAT_PCT ((int)(sizeof(latency_pcts) / sizeof(latency_pcts[0])))
+
+static void print_stat_ms(const char *what, const struct loom_bench_stat *st)
+{
+    char label[96], w[16];
+    snprintf(label, sizeof(label), "Mean %s (ms):", what);
+    loom_bench_line_float(stdout, label, st->mean * 1000);
+    for (int i = 0; i < N_LAT_PCT; i++) {
+        loom_bench_pct_word(latency_pcts[i], w, sizeof(w));
+        snprintf(label, sizeof(label), "P%s %s (ms):", w, what);
+        loom_bench_line_float(stdout, label, st->pct[i] * 1000);
+    }
+}
+
+static json_t *stat_json_ms(const struct loom_bench_stat *st, const double *pcts, int n_pct)
+{
+    json_t *o = json_object();
+    char key[32], w[16];
+    json_object_set_new(o, "n", json_integer(st->n));
+    json_object_set_new(o, "mean_ms", json_real(st->mean * 1000));
+    json_object_set_new(o, "median_ms", json_real(st->median * 1000));
+    json_object_set_new(o, "std_ms", json_real(st->std * 1000));
+    json_object_set_new(o, "min_ms", json_real(st->min * 1000));
+    json_object_set_new(o, "max_ms", json_real(st->max * 1000));
+    for (int i = 0; i < n_pct; i++) {
+        loom_bench_pct_word(pcts[i], w, sizeof(w));
+        snprintf(key, sizeof(key), "p%s_ms", w);
+        json_object_set_new(o, key, json_real(st->pct[i] * 1000));
+    }
+    return o;
+}
+
+static int bench_latency(int argc, char **argv)
+{
+    struct loom_engine_options eo;
+    loom_engine_options_default(&eo);
+    struct loom_bench_latency_config cfg = {.engine = &eo, .batch_size = 8, .input_len = 32, .output_len = 128,
+                                            .num_iters_warmup = 10, .num_iters = 30, .temperature = 1.0,
+                                            .progress = true};
+    const char *json_path = NULL;
+    const char *v;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        int c = loom_cli_common_flag(argc, argv, &i, &eo);
+        if (c < 0) return 2;
+        if (c > 0) continue;
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            usage_bench(stdout);
+            return 0;
+        }
+        INT_FLAG("--batch-size", 1, 65536, cfg.batch_size)
+        INT_FLAG("--input-len", 1, 1 << 24, cfg.input_len)
+        INT_FLAG("--output-len", 1, 1 << 24, cfg.output_len)
+        INT_FLAG("--num-iters-warmup", 0, 1000000, cfg.num_iters_warmup)
+        INT_FLAG("--num-iters", 1, 1000000, cfg.num_iters)
+        else if (!strcmp(f, "--temperature")) {
+            VAL();
+            if (loom_cli_float(f, v, 0, 100, &cfg.temperature)) return 2;
+        } else if (!strcmp(f, "--json")) {
+            VAL();
+            json_path = v;
+        } else if (!strcmp(f, "--no-progress") || !strcmp(f, "--disable-tqdm")) {
+            cfg.progress = false;
+        } else if (f[0] == '-') {
+            fprintf(stderr, "loom: bench latency: unknown flag %s\n", f);
+            return 2;
+        } else if (!eo.model_dir) {
+            eo.model_dir = f;
+        } else {
+            fprintf(stderr, "loom: bench latency: one MODEL_DIR only (got '%s' too)\n", f);
+            return 2;
+        }
+    }
+    if (!eo.model_dir) {
+        fprintf(stderr, "loom: bench latency: MODEL_DIR is missing\n");
+        usage_bench(stderr);
+        return 2;
+    }
+    cfg.seed = eo.seed;
+    struct loom_bench_latency_result r;
+    int rc = loom_bench_latency_run(&cfg, &r);
+    if (rc) {
+        fprintf(stderr, "loom: bench latency: %s\n", loom_last_error());
+        loom_bench_latency_result_free(&r);
+        return 1;
+    }
+    struct loom_bench_stat prefill, step, e2e;
+    loom_bench_stat_compute(r.prefill_s, r.num_iters, latency_pcts, N_LAT_PCT, &prefill);
+    loom_bench_stat_compute(r.decode_step_s, r.n_decode_steps, latency_pcts, N_LAT_PCT, &step);
+    loom_bench_stat_compute(r.e2e_s, r.num_iters, latency_pcts, N_LAT_PCT, &e2e);
+    double B = cfg.batch_size;
+    double prefill_tps = prefill.mean > 0 ? B * cfg.input_len / prefill.mean : 0;
+    double decode_tps = step.mean > 0 ? B / step.mean : 0;
+    /* bytes of weights per decode step over the median step time: what a batch-1 decode streams */
+    double bw = step.median > 0 ? (double)r.weight_bytes / step.median / 1e9 : 0;
+
+    loom_bench_title(stdout, " Latency Benchmark Result ", '=');
+    loom_bench_line_str(stdout, "Model:", eo.model_dir);
+    print_device(&eo);
+    loom_bench_line_int(stdout, "Batch size:", cfg.batch_size);
+    loom_bench_line_int(stdout, "Input length (tokens):", cfg.input_len);
+    loom_bench_line_int(stdout, "Output length (tokens):", cfg.output_len);
+    loom_bench_line_int(stdout, "Iterations (warm-up):", cfg.num_iters_warmup);
+    loom_bench_line_int(stdout, "Iterations (measured):", r.num_iters);
+    loom_bench_line_float(stdout, "Engine start-up (s):", r.engine_init_s);
+    loom_bench_line_float(stdout, "Prefill throughput (tok/s):", prefill_tps);
+    loom_bench_line_float(stdout, "Decode throughput (tok/s):", decode_tps);
+    if (r.weight_bytes > 0) {
+        loom_bench_line_float(stdout, "Weights read per decode step (GB):", (double)r.weight_bytes / 1e9);
+        loom_bench_line_float(stdout, "Decode weight bandwidth (GB/s):", bw);
+    }
+    loom_bench_title(stdout, "Prefill (TTFT of the batch)", '-');
+    print_stat_ms("prefill", &prefill);
+    loom_bench_title(stdout, "Decode step (one token per sequence)", '-');
+    print_stat_ms("decode step", &step);
+    loom_bench_title(stdout, "End-to-end latency", '-');
+    print_stat_ms("E2E", &e2e);
+    loom_bench_title(stdout, "", '=');
+    printf("Avg latency: %.6f seconds\n", e2e.mean);
+    fflush(stdout);
+
+    json_t *root = record_base("latency", argc, argv);
+    json_t *conf = json_object();
+    json_object_set_new(conf, "batch_size", json_integer(cfg.batch_size));
+    json_object_set_new(conf, "input_len", json_integer(cfg.input_len));
+    json_object_set_new(conf, "output_len", json_integer(cfg.output_len));
+    json_object_set_new(conf, "num_iters_warmup", json_integer(cfg.num_iters_warmup));
+    json_object_set_new(conf, "num_iters", json_integer(cfg.num_iters));
+    json_object_set_new(conf, "temperature", json_real(cfg.temperature));
+    json_object_set_new(conf, "ignore_eos", json_true());
+    json_object_set_new(conf, "engine", engine_json(&eo));
+    json_object_set_new(root, "config", conf);
+    json_object_set_new(root, "model", model_json(eo.model_dir));
+    json_object_set_new(root, "device", json_string(eo.device ? eo.device : "cpu"));
+    json_object_set_new(root, "batch_size", json_integer(cfg.batch_size));
+    json_object_set_new(root, "engine_init_s", json_real(r.engine_init_s));
+    json_object_set_new(root, "avg_latency", json_real(e2e.mean));
+    json_object_set_new(root, "prefill_tokens_per_s", json_real(prefill_tps));
+    json_object_set_new(root, "decode_tokens_per_s", json_real(decode_tps));
+    json_object_set_new(root, "weight_bytes", json_integer(r.weight_bytes));
+    json_object_set_new(root, "decode_weight_bandwidth_gb_s", json_real(bw));
+    json_object_set_new(root, "prefill", stat_json_ms(&prefill, latency_pcts, N_LAT_PCT));
+    json_object_set_new(root, "decode_step", stat_json_ms(&step, latency_pcts, N_LAT_PCT));
+    json_object_set_new(root, "e2e", stat_json_ms(&e2e, latency_pcts, N_LAT_PCT));
+    json_t *lat = json_array(); /* vLLM's "latencies": every iteration's E2E, seconds, sorted */
+    for (int i = 0; i < r.num_iters; i++) json_array_append_new(lat, json_real(r.e2e_s[i]));
+    json_object_set_new(root, "latencies", lat);
+    json_t *pl = json_object(); /* vLLM's "percentiles" of E2E, seconds */
+    for (int i = 0; i < N_LAT_PCT; i++) {
+        char w[16];
+        loom_bench_pct_word(latency_pcts[i], w, sizeof(w));
+        json_object_set_new(pl, w, json_real(e2e.pct[i]));
+    }
+    json_object_set_new(root, "percentiles", pl);
+    loom_bench_latency_result_free(&r);
+    return finish_json(root, json_path);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -450,8 +755,8 @@ int loom_cmd_bench(int argc, char **argv)
         usage_bench(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "throughput")) return bench_needs_engine("throughput");
-    if (!strcmp(argv[1], "latency")) return bench_needs_engine("latency");
+    if (!strcmp(argv[1], "throughput")) return bench_throughput(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "latency")) return bench_latency(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve")) return bench_serve(argc - 1, argv + 1);
     fprintf(stderr, "loom: bench: unknown benchmark '%s' (expected throughput, latency or serve)\n", argv[1]);
     usage_bench(stderr);
