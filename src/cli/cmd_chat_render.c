@@ -86,7 +86,7 @@ int loom_cmd_chat_render(int argc, char **argv)
         if (dir) {
             char *p = loom_path_join(dir, "tokenizer_config.json");
             json_error_t je;
-            cfg = loom_file_exists(p) ? json_load_file(p, 0, &je) : NULL;
+            cfg = loom_file_exists(p) ? json_load_file(p, JSON_DECODE_INT_AS_REAL, &je) : NULL;
             free(p);
             json_t *b = cfg ? json_object_get(cfg, "bos_token") : NULL, *e = cfg ? json_object_get(cfg, "eos_token") : NULL;
             if (json_is_object(b)) b = json_object_get(b, "content");

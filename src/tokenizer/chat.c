@@ -146,7 +146,8 @@ int loom_chat_template_from_config(const char *tokenizer_config_json, size_t len
 {
     *out = NULL;
     json_error_t je;
-    json_t *cfg = json_loadb(tokenizer_config_json, len, JSON_ALLOW_NUL, &je);
+    /* numbers are of no use here, and configs hold ints larger than jansson takes (model_max_length) */
+    json_t *cfg = json_loadb(tokenizer_config_json, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
     if (!cfg) return loom_fail(LOOM_EINVAL, "tokenizer_config.json: %s (line %d)", je.text, je.line);
     if (!json_is_object(cfg)) {
         json_decref(cfg);
@@ -196,7 +197,7 @@ int loom_chat_template_load(const char *dir, struct loom_chat_template **out)
     struct loom_chat_template *t = chat_new();
     if (have_cfg) {
         json_error_t je;
-        json_t *cfg = json_loadb(cfgtext, cfglen, JSON_ALLOW_NUL, &je);
+        json_t *cfg = json_loadb(cfgtext, cfglen, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
         free(cfgtext);
         if (!cfg || !json_is_object(cfg)) {
             json_decref(cfg);

@@ -13,7 +13,9 @@
 #include "test.h"
 
 #include <jansson.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 static void show_diff(const char *want, size_t wn, const char *got, size_t gn)
 {
@@ -23,6 +25,30 @@ static void show_diff(const char *want, size_t wn, const char *got, size_t gn)
     fprintf(stderr, "  first difference at byte %zu\n  want: %.*s\n  got:  %.*s\n", i,
             (int)((wn - from) > 120 ? 120 : wn - from), want + from, (int)((gn - from) > 120 ? 120 : gn - from),
             got + from);
+}
+
+/* `loom chat-render DIR --now T < request` must print exactly `want` (NULL: must fail with status 1). */
+static int cli_pass, cli_total;
+static void check_cli(const char *bin, const char *dir, const char *request, const char *want, size_t wn)
+{
+    char req[] = "/tmp/loom_chat_req_XXXXXX";
+    int fd = mkstemp(req);
+    if (fd < 0) return;
+    FILE *f = fdopen(fd, "w");
+    fputs(request, f);
+    fclose(f);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' chat-render '%s' --now 1795608000 < '%s' 2>/dev/null", bin, dir, req);
+    FILE *p = popen(cmd, "r");
+    char *buf = malloc(1 << 20);
+    size_t n = p ? fread(buf, 1, (1 << 20) - 1, p) : 0;
+    int st = p ? pclose(p) : -1;
+    remove(req);
+    cli_total++;
+    bool ok = want ? (st == 0 && n == wn && !memcmp(buf, want, wn)) : (WIFEXITED(st) && WEXITSTATUS(st) == 1 && n == 0);
+    CHECK_MSG(ok, "loom chat-render %s: status %d, %zu bytes%s", dir, st, n, want ? "" : " (expected a failure)");
+    cli_pass += ok;
+    free(buf);
 }
 
 int main(void)
@@ -114,6 +140,18 @@ int main(void)
                 }
                 if (same && ids_ok) pass++;
                 free(out);
+                const char *bin = getenv("LOOM_BIN");
+                if (bin && !strcmp(cfg_name, "tokenizer_config.json") && w) {
+                    char *req = json_dumps(conv, JSON_COMPACT);
+                    size_t rl = strlen(req);
+                    req[rl - 1] = 0; /* drop the closing brace: add add_generation_prompt */
+                    char *full = malloc(rl + 64);
+                    snprintf(full, rl + 64, "%s, \"add_generation_prompt\": true}", req);
+                    check_cli(bin, dir, full, w, wn);
+                    if (i == 0) check_cli(bin, dir, "{\"messages\": [", NULL, 0);
+                    free(full);
+                    free(req);
+                }
             }
             printf("%s/%s: %d/%d conversations match (text%s)\n", tok_name, cfg_name, pass, total,
                    tok ? " and ids" : "");
@@ -123,6 +161,10 @@ int main(void)
         loom_tokenizer_free(tok);
     }
     CHECK_MSG(files >= 4, "only %d chat oracle files found", files);
+    if (getenv("LOOM_BIN"))
+        printf("loom chat-render: %d/%d runs as expected\n", cli_pass, cli_total);
+    else
+        printf("loom chat-render: not checked (LOOM_BIN unset)\n");
     json_decref(oracle);
     return test_report();
 }

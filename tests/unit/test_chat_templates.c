@@ -15,6 +15,7 @@
 #include "test.h"
 
 #include <dirent.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <sys/stat.h>
 
@@ -203,6 +204,99 @@ static void mistral_samples(void)
     printf("mistral-common samples: %d/%d equal to mistral-common's text, %d rendered\n", equal, compared, rendered);
 }
 
+/* The chat API around the interpreter: template choice, special tokens, kwargs, errors, folders. */
+static void chat_api(void)
+{
+    struct loom_chat_template *t;
+    char *out;
+    size_t n;
+    json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}]", 0, NULL);
+    /* named templates: tool_use when tools are given, else default; AddedToken-style special tokens */
+    const char *cfg = "{\"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<s>\"}, \"eos_token\": \"</s>\","
+                      " \"pad_token\": null, \"chat_template\": [{\"name\": \"default\", \"template\":"
+                      " \"D{{ bos_token }}{{ messages[0].content }}{{ eos_token }}{{ pad_token is defined }}{{ tools }}\"},"
+                      " {\"name\": \"tool_use\", \"template\": \"T{{ tools|length }}{{ documents }}{{ x }}\"}]}";
+    CHECK(loom_chat_template_from_config(cfg, strlen(cfg), &t) == 0);
+    CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == 0);
+    CHECK_EQ_STR(out, "D<s>hi</s>FalseNone");
+    free(out);
+    json_t *tools = json_loads("[{\"type\": \"function\"}]", 0, NULL);
+    json_t *extra = json_loads("{\"x\": 5}", 0, NULL);
+    CHECK(loom_chat_render(t, msgs, tools, true, extra, &out, &n) == 0);
+    CHECK_EQ_STR(out, "T1None5");
+    free(out);
+    json_decref(extra);
+    loom_chat_template_free(t);
+    /* several templates and no default: an error, unless tools pick tool_use */
+    cfg = "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"rag\", \"template\": \"R\"}]}";
+    CHECK(loom_chat_template_from_config(cfg, strlen(cfg), &t) == 0);
+    CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == LOOM_EINVAL);
+    CHECK(loom_chat_render(t, msgs, tools, true, NULL, &out, &n) == 0);
+    CHECK_EQ_STR(out, "T");
+    free(out);
+    loom_chat_template_free(t);
+    json_decref(tools);
+    /* kwargs reach the template (enable_thinking), and override special tokens */
+    CHECK(loom_chat_template_create("{{ bos_token }}{% if enable_thinking is false %}no-think{% endif %}", "<s>", NULL,
+                                    &t) == 0);
+    extra = json_loads("{\"enable_thinking\": false, \"bos_token\": \"B\"}", 0, NULL);
+    CHECK(loom_chat_render(t, msgs, NULL, false, extra, &out, &n) == 0);
+    CHECK_EQ_STR(out, "Bno-think");
+    free(out);
+    json_decref(extra);
+    loom_chat_template_free(t);
+    /* errors: a template that raises, a syntax error, no template, a template that does not parse but is
+     * never chosen, bad arguments */
+    CHECK(loom_chat_template_create("{{ raise_exception('only user messages') }}", NULL, NULL, &t) == 0);
+    CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == LOOM_EINVAL);
+    CHECK(strstr(loom_last_error(), "only user messages") && strstr(loom_last_error(), "line 1"));
+    CHECK(loom_chat_render(t, json_object_get(msgs, "x") /* NULL */, NULL, true, NULL, &out, &n) == LOOM_EINVAL);
+    loom_chat_template_free(t);
+    CHECK(loom_chat_template_create("a\n{% for %}", NULL, NULL, &t) == LOOM_EINVAL);
+    CHECK(strstr(loom_last_error(), "line 2") != NULL);
+    cfg = "{\"bos_token\": \"<s>\", \"chat_template\": null}";
+    CHECK(loom_chat_template_from_config(cfg, strlen(cfg), &t) == LOOM_ENOTFOUND);
+    CHECK(loom_chat_template_from_config("{", 1, &t) == LOOM_EINVAL);
+    cfg = "{\"chat_template\": [{\"name\": \"default\", \"template\": \"ok\"}, {\"name\": \"rag\", \"template\": \"{% if %}\"}]}";
+    CHECK(loom_chat_template_from_config(cfg, strlen(cfg), &t) == 0);
+    CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == 0);
+    CHECK_EQ_STR(out, "ok");
+    free(out);
+    loom_chat_template_free(t);
+    /* the shared Mistral v1 config has no template */
+    char *text;
+    size_t len;
+    if (loom_read_file(test_shared("tokenizers/mistral-7b-v0.1_mixtral-8x7b-v0.1/tokenizer_config.json"), &text, &len) == 0) {
+        CHECK(loom_chat_template_from_config(text, len, &t) == LOOM_ENOTFOUND);
+        free(text);
+    }
+    /* a folder: chat_template.jinja wins over the config's template */
+    char dir[] = "/tmp/loom_chat_XXXXXX";
+    if (mkdtemp(dir)) {
+        char *p1 = loom_path_join(dir, "tokenizer_config.json"), *p2 = loom_path_join(dir, "chat_template.jinja");
+        const char *c1 = "{\"eos_token\": \"</s>\", \"chat_template\": \"config\"}";
+        CHECK(loom_write_file(p1, c1, strlen(c1)) == 0);
+        CHECK(loom_chat_template_load(dir, &t) == 0);
+        CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == 0);
+        CHECK_EQ_STR(out, "config");
+        free(out);
+        loom_chat_template_free(t);
+        CHECK(loom_write_file(p2, "file{{ eos_token }}\n", 20) == 0);
+        CHECK(loom_chat_template_load(dir, &t) == 0);
+        CHECK(loom_chat_render(t, msgs, NULL, true, NULL, &out, &n) == 0);
+        CHECK_EQ_STR(out, "file</s>");
+        free(out);
+        loom_chat_template_free(t);
+        remove(p1);
+        remove(p2);
+        CHECK(loom_chat_template_load(dir, &t) == LOOM_ENOTFOUND);
+        rmdir(dir);
+        free(p1);
+        free(p2);
+    }
+    json_decref(msgs);
+}
+
 int main(void)
 {
     loom_chat_set_time(1795608000LL);
@@ -213,5 +307,6 @@ int main(void)
     printf("chat templates: %d/%d rendered (%d without a system message)\n", n_rendered, n_templates, n_without_system);
     CHECK_MSG(n_templates >= 20, "only %d templates found", n_templates);
     mistral_samples();
+    chat_api();
     return test_report();
 }
