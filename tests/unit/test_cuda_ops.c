@@ -732,6 +732,8 @@ static const struct attn_case attn_cases[] = {
     {"mqa-256", 4, 1, 256, 0, 16, 2, {2, 1}, {19, 900}},
     {"prefill-chunk", 16, 8, 128, 0, 16, 2, {100, 37}, {250, 37}},
     {"window-decode", 8, 4, 64, 64, 32, 4, {1, 1, 2, 1}, {1000, 63, 65, 64}},
+    {"g16-hd96", 32, 2, 96, 0, 16, 3, {1, 4, 1}, {700, 20, 33}}, /* outside the warp-per-tile kernel's shapes */
+    {"decode-f-256", 8, 1, 256, 0, 16, 2, {1, 1}, {5000, 260}},
 };
 
 /* New random values into an existing tensor (host copies and device memory). */
