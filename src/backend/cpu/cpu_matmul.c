@@ -605,7 +605,7 @@ void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_ten
 #if defined(__x86_64__)
     if (c->isa == CPU_ISA_AVX512 && j.n <= GEMV_MAX) {
         int64_t grain = ((int64_t)j.m + 8 * nth - 1) / (8 * nth);
-        grain = (grain + 3) & ~3;
+        grain = (grain + 15) & ~15;
         if (grain < 16) grain = 16;
         loom_parallel_for(c->tp, j.m, grain, gemv_range_512, &j);
         return;
@@ -616,7 +616,7 @@ void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_ten
     int want = 8 * nth;
     int mchunks = (want + j.n_tblocks - 1) / j.n_tblocks;
     int mc = (j.m + mchunks - 1) / mchunks;
-    mc = (mc + 3) & ~3;
+    mc = (mc + 15) & ~15; /* whole cache lines of out per chunk: no false sharing */
     if (mc < 16) mc = 16;
     if (mc > 512) mc = 512;
     j.mc = mc;
