@@ -3714,11 +3714,14 @@ static struct val apply_filter_chain(struct rctx *c, struct node *f, struct val 
 {
     if (!f) return v;
     if (f->kind != E_FILTER) rfail(c, "bad filter chain");
+    enter(c, f->line);
     v = apply_filter_chain(c, f->a, v, s);
     struct cargs a;
     eval_args(c, f, s, &a);
     c->line = f->line;
-    return apply_filter(c, f->op, f->name, v, &a);
+    v = apply_filter(c, f->op, f->name, v, &a);
+    c->depth--;
+    return v;
 }
 
 static struct val make_macro(struct rctx *c, struct node *def, struct scope *closure, const char *name)

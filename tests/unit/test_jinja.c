@@ -572,6 +572,16 @@ static void test_limits(void)
     expect_error(t, "nested too deeply", NULL);
     free(s);
     free(t);
+    s = repeat("|trim", 100000, "", "");
+    t = malloc(strlen(s) + 64);
+    sprintf(t, "{%% filter upper%s %%}x{%% endfilter %%}", s);
+    expect_error(t, "nested too deeply", NULL);
+    free(t);
+    t = malloc(strlen(s) + 64);
+    sprintf(t, "{%% set v | upper%s %%}x{%% endset %%}", s);
+    expect_error(t, "nested too deeply", NULL);
+    free(s);
+    free(t);
     s = repeat("not ", 10000, "1", "");
     t = malloc(strlen(s) + 16);
     sprintf(t, "{{ %s }}", s);
