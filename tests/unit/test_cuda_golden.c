@@ -5,7 +5,8 @@
  * Two passes per model: F32 activations and weights (--dtype float32; TF32 off), where every logit is
  * within 1e-3 of the golden one and greedy tokens match wherever the golden margin exceeds 0.01; and
  * BF16 activations with the weights as stored (--dtype auto), within 0.25 and greedy tokens matching
- * wherever the margin exceeds 0.5 (MoE models: up to 2% of positions may exceed 0.25, see below). All prompts run as one batch of sequences; the longest is prefilled
+ * wherever the margin exceeds 0.5 (MoE models: up to 2% of positions may exceed 0.25, see below); and
+ * F16 activations with the weights converted to F16 (--dtype float16), held to the BF16 bounds. All prompts run as one batch of sequences; the longest is prefilled
  * in two chunks (the second attends to the first through the paged cache), blocks come from a shuffled
  * pool, and the greedy continuation is teacher-forced in batched decode steps (golden token in, our
  * argmax compared), so a low-margin step does not end the comparison.
@@ -120,7 +121,7 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
     }
     LOOM_ASSERT(total < 4096);
     struct loom_model_options mo = {
-        .weight_dtype = f32 ? LOOM_DTYPE_F32 : LOOM_DTYPE_COUNT,
+        .weight_dtype = f32 ? LOOM_DTYPE_F32 : act == LOOM_DTYPE_F16 ? LOOM_DTYPE_F16 : LOOM_DTYPE_COUNT,
         .max_batch_tokens = total,
         .max_batch_seqs = np,
         .max_logit_rows = total,
@@ -330,11 +331,11 @@ int main(void)
     closedir(d);
     qsort(names, n, sizeof names[0], cmp_str);
     CHECK_MSG(n > 0, "no model with golden.safetensors under %s", root);
-    enum loom_dtype acts[2] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16};
+    enum loom_dtype acts[3] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16, LOOM_DTYPE_F16};
     for (int i = 0; i < n; i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%s", root, names[i]);
-        for (int a = 0; a < 2; a++) run_model(dir, names[i], acts[a]);
+        for (int a = 0; a < 3; a++) run_model(dir, names[i], acts[a]);
         free(names[i]);
     }
     return test_report();

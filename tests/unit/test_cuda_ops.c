@@ -1,7 +1,7 @@
 /*
  * test_cuda_ops.c: the CUDA backend against a reference, op by op, on fresh random inputs.
  *
- * Each op runs on the GPU with F32 and with BF16 activations, at several shapes (odd sizes, strided
+ * Each op runs on the GPU with F32, BF16 and F16 activations, at several shapes (odd sizes, strided
  * rows), into outputs poisoned with NaN first, so an unwritten element fails. Every result is compared
  * twice: with the CPU backend run on the same dtype-rounded inputs (F32 activations there; weights in
  * their own dtype), and with plain double-precision C in this file. The error is ||gpu - ref|| / ||ref||
@@ -870,8 +870,8 @@ int main(void)
     if (!loom_backend_cuda_available()) test_skip("no CUDA device");
     struct loom_backend_options copts = {.device = "cpu", .act_dtype = LOOM_DTYPE_F32, .threads = 0};
     CHECK(loom_backend_cpu_create(&copts, &cpu) == 0);
-    enum loom_dtype acts[2] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16};
-    for (int i = 0; i < 2; i++) {
+    enum loom_dtype acts[3] = {LOOM_DTYPE_F32, LOOM_DTYPE_BF16, LOOM_DTYPE_F16};
+    for (int i = 0; i < 3; i++) {
         struct loom_backend_options opts = {.device = "cuda", .act_dtype = acts[i], .device_index = 0};
 #ifdef LOOM_HAVE_CUDA
         int rc = loom_backend_cuda_create(&opts, &be);

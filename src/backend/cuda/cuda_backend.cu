@@ -30,6 +30,7 @@ extern "C" bool loom_backend_cuda_available(void)
 static void *cuda_alloc(struct loom_backend *be, size_t bytes)
 {
     void *p = NULL;
+    (void)cuda_ctx_of(be); /* the backend's device current on this thread */
     if (bytes == 0) bytes = 1;
     cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess)
@@ -105,6 +106,7 @@ static void cuda_synchronize(struct loom_backend *be)
 static void cuda_memory_info(struct loom_backend *be, size_t *free_bytes, size_t *total_bytes)
 {
     size_t f = 0, t = 0;
+    (void)cuda_ctx_of(be);
     CUDA_CHECK(cudaMemGetInfo(&f, &t));
     if (free_bytes) *free_bytes = f;
     if (total_bytes) *total_bytes = t;

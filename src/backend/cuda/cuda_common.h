@@ -121,9 +121,23 @@ struct cuda_ctx {
     int n_prof;
 };
 
+/* The CUDA runtime's current device is per host thread, and the engine runs the model on a thread of
+ * its own: every entry point that touches the device makes the backend's device current (cached per
+ * thread, so a steady step pays one comparison). */
+static inline void cuda_use_device(const struct cuda_ctx *c)
+{
+    static thread_local int current = -1;
+    if (current != c->device) {
+        CUDA_CHECK(cudaSetDevice(c->device));
+        current = c->device;
+    }
+}
+
 static inline struct cuda_ctx *cuda_ctx_of(struct loom_backend *be)
 {
-    return (struct cuda_ctx *)be->ctx;
+    struct cuda_ctx *c = (struct cuda_ctx *)be->ctx;
+    cuda_use_device(c);
+    return c;
 }
 
 /* Programmatic dependent launch (Hopper; LOOM_CUDA_PDL=0 turns it off): kernels are launched with the PDL attribute,
