@@ -89,11 +89,14 @@ struct loom_sampling_params {
     int n_stop_token_ids;
     const struct loom_logit_bias *logit_bias;
     int n_logit_bias;
-    int logprobs;               /* -1 = none; k >= 0: sampled token's logprob and the top k */
-    int prompt_logprobs;        /* -1 = none; k >= 0: per prompt token */
+    int logprobs;               /* -1 = none; k in [0, 20]: sampled token's logprob and the top k. Logprobs are
+                                 * of the raw model output (vLLM's default "raw_logprobs": before penalties,
+                                 * logit_bias and temperature) */
+    int prompt_logprobs;        /* -1 = none; k in [0, 20]: per prompt token (such a request skips the prefix
+                                 * cache, as in vLLM, since every prompt row must be computed) */
     bool skip_special_tokens;   /* in the text output (default true) */
     bool include_stop_str_in_output;
-    int priority;               /* lower runs first under LOOM_SCHED_PRIORITY */
+    int priority;               /* lower runs first under LOOM_SCHED_PRIORITY (ignored under FCFS) */
 };
 void loom_sampling_params_default(struct loom_sampling_params *p);
 
@@ -126,8 +129,8 @@ struct loom_output {
     const struct loom_token_logprob *logprobs;
     const struct loom_token_logprob *top_logprobs;
     int top_k;
-    /* prompt logprobs (first output only, when requested): [n_prompt] entries, the first is
-     * {prompt[0], 0} as vLLM reports None; top: [n_prompt * prompt_top_k] */
+    /* prompt logprobs (when requested: on the first output of sample index 0 only): [n_prompt] entries,
+     * the first is {prompt[0], 0} as vLLM reports None; top: [n_prompt * prompt_top_k] */
     const struct loom_token_logprob *prompt_logprobs;
     const struct loom_token_logprob *prompt_top_logprobs;
     int prompt_top_k;
@@ -181,7 +184,8 @@ int loom_engine_start(struct loom_engine *e);
 void loom_engine_stop(struct loom_engine *e);
 
 struct loom_engine_stats {
-    int running, waiting, swapped;
+    int running, waiting, swapped;    /* sequences (a request of n samples counts n); swapped is always 0:
+                                       * a preempted sequence is recomputed, never swapped out */
     int num_kv_blocks, free_kv_blocks;
     double kv_usage;                  /* used blocks / all blocks, 0..1 */
     int64_t num_steps;
@@ -190,7 +194,8 @@ struct loom_engine_stats {
     int64_t prefix_cache_queries;     /* prompt tokens looked up in the prefix cache */
     int64_t prefix_cache_hits;        /* of them, found */
     int64_t prompt_tokens_total;      /* prompt tokens of finished + running requests */
-    int64_t prompt_tokens_computed;   /* prompt tokens actually run through the model */
+    int64_t prompt_tokens_computed;   /* prompt tokens actually run through the model (every sample's,
+                                       * recomputation after a preemption included) */
     int64_t generation_tokens_total;
     int64_t requests_finished;
 };

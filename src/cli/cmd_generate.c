@@ -1,243 +1,254 @@
 /*
- * cmd_generate.c (first version): `loom generate MODEL_DIR --prompt-ids 1,2,3 [--prompt-ids ...]
- * --max-tokens N --temperature 0 [--ignore-eos] [--json]`: greedy decoding of token-id prompts, one
- * sequence at a time: a prefill of the prompt, then one token per step through the paged KV cache
- * (a trivial block table). Prints the generated ids (with --json one object per line:
- * {"index", "prompt_index", "token_ids", "text": null, "finish_reason"}) and, on stderr, prefill
- * and decode speed. It stops at an EOS id (generation_config.json, else config.json) unless
- * --ignore-eos, at --max-tokens, or at the context limit.
+ * cmd_generate.c: `loom generate MODEL_DIR (--prompt TEXT | --prompt-ids 1,2,3)... [--max-tokens N]
+ * [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S] [--n N] [--ignore-eos] [--json]`
+ * + the common engine flags. Every prompt is added to one engine at once and runs concurrently
+ * (continuous batching); this thread steps the engine until all are done.
  *
- * No engine, no batching, no text prompts, no sampling: the engine-based version replaces this.
+ * Output, in prompt order then sample order once everything has finished: the text of each sample
+ * (the generated ids, space-separated, when the model has no tokenizer), one sample per line; or with
+ * --json one object per line: {"index", "prompt_index", "token_ids", "text" (null without a tokenizer),
+ * "finish_reason"}. On stderr: prefill and decode speed, preemptions, prefix-cache hits.
+ * --seed is the engine's seed: a request without a seed of its own draws from seed + its request id.
  */
-#include "backend/backend.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "model/model.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_PROMPTS 64
+struct sample {
+    int32_t *ids;
+    int n_ids, cap_ids;
+    char *text;
+    size_t text_len, text_cap;
+    enum loom_finish_reason finish;
+    const char *error;
+};
+
+struct prompt {
+    const char *text;     /* --prompt, or NULL */
+    int32_t *ids;         /* --prompt-ids */
+    int n_ids;
+    struct sample *samples; /* [n] */
+    int n;
+};
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: loom generate MODEL_DIR --prompt-ids 1,2,3 [--prompt-ids ...] [--max-tokens N]\n"
-               "                     [--temperature 0] [--ignore-eos] [--json] [common flags]\n\n"
-               "Greedy decoding of token-id prompts (this first version: temperature 0, no text prompts).\n"
-               "Prints the generated ids per prompt, or one JSON object per line with --json; prefill and\n"
-               "decode speed go to stderr. Common flags: --device, --dtype, --threads, --max-model-len,\n"
-               "--block-size.\n");
+    fprintf(f,
+            "usage: loom generate MODEL_DIR (--prompt TEXT | --prompt-ids 1,2,3)... [--max-tokens N]\n"
+            "                     [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S] [--n N]\n"
+            "                     [--ignore-eos] [--json] [common flags]\n\n"
+            "Runs every prompt concurrently through the engine and prints each sample's text (its token ids\n"
+            "when the model has no tokenizer.json), one per line, or with --json one object per line:\n"
+            "{\"index\", \"prompt_index\", \"token_ids\", \"text\", \"finish_reason\"}. Defaults: --max-tokens 16,\n"
+            "--temperature 1 (0 = greedy), --top-p 1, --top-k 0 (off), --min-p 0, --n 1.\n"
+            "Common flags: --device --dtype --threads --max-model-len --max-num-seqs --max-num-batched-tokens\n"
+            "--block-size --kv-cache-memory --num-kv-blocks --gpu-memory-utilization\n"
+            "--[no-]enable-prefix-caching --seed --scheduling-policy --tokenizer.\n");
 }
 
-static void pick_dtypes(const char *device, const char *dtype, enum loom_dtype stored, enum loom_dtype *act,
-                        enum loom_dtype *weights)
+static void on_output(const struct loom_output *o, void *user)
 {
-    bool cpu = !device || !strcmp(device, "cpu");
-    *weights = LOOM_DTYPE_COUNT;
-    if (!dtype || !strcmp(dtype, "auto")) {
-        *act = cpu ? LOOM_DTYPE_F32 : (stored == LOOM_DTYPE_F16 ? LOOM_DTYPE_F16 : stored == LOOM_DTYPE_F32 ? LOOM_DTYPE_F32 : LOOM_DTYPE_BF16);
-    } else if (!strcmp(dtype, "float32")) {
-        *act = *weights = LOOM_DTYPE_F32;
-    } else if (!strcmp(dtype, "bfloat16")) {
-        *act = *weights = LOOM_DTYPE_BF16;
-    } else {
-        *weights = LOOM_DTYPE_F16;
-        *act = cpu ? LOOM_DTYPE_F32 : LOOM_DTYPE_F16;
+    struct prompt *p = user;
+    if (o->index < 0 || o->index >= p->n) return;
+    struct sample *s = &p->samples[o->index];
+    if (s->n_ids + o->n_tokens > s->cap_ids) {
+        s->cap_ids = 2 * (s->n_ids + o->n_tokens) + 16;
+        s->ids = loom_realloc(s->ids, sizeof(int32_t) * (size_t)s->cap_ids);
     }
+    memcpy(s->ids + s->n_ids, o->token_ids, sizeof(int32_t) * (size_t)o->n_tokens);
+    s->n_ids += o->n_tokens;
+    if (s->text_len + o->text_len + 1 > s->text_cap) {
+        s->text_cap = 2 * (s->text_len + o->text_len) + 64;
+        s->text = loom_realloc(s->text, s->text_cap);
+    }
+    memcpy(s->text + s->text_len, o->text, o->text_len);
+    s->text_len += o->text_len;
+    s->text[s->text_len] = 0;
+    s->finish = o->finish_reason;
+    if (o->error) s->error = loom_strdup(o->error);
 }
 
-static int argmax(const float *v, int n)
+static void print_sample(const struct prompt *p, int pi, int k, bool json, bool has_tok)
 {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
+    const struct sample *s = &p->samples[k];
+    if (json) {
+        json_t *o = json_object(), *ids = json_array();
+        for (int i = 0; i < s->n_ids; i++) json_array_append_new(ids, json_integer(s->ids[i]));
+        json_object_set_new(o, "index", json_integer(k));
+        json_object_set_new(o, "prompt_index", json_integer(pi));
+        json_object_set_new(o, "token_ids", ids);
+        json_object_set_new(o, "text", has_tok ? json_stringn(s->text ? s->text : "", s->text_len) : json_null());
+        json_object_set_new(o, "finish_reason", json_string(loom_finish_reason_name(s->finish)));
+        if (s->error) json_object_set_new(o, "error", json_string(s->error));
+        char *line = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+        printf("%s\n", line);
+        free(line);
+        json_decref(o);
+    } else if (has_tok) {
+        fwrite(s->text ? s->text : "", 1, s->text_len, stdout);
+        printf("\n");
+    } else {
+        for (int i = 0; i < s->n_ids; i++) printf(i ? " %d" : "%d", s->ids[i]);
+        printf("\n");
+    }
 }
 
 int loom_cmd_generate(int argc, char **argv)
 {
     struct loom_engine_options eo;
-    memset(&eo, 0, sizeof(eo));
-    eo.device = "cpu";
-    eo.dtype = "auto";
-    eo.block_size = 16;
-    const char *dir = NULL, *prompts[MAX_PROMPTS];
-    int n_prompts = 0;
-    long long max_tokens = 16;
-    double temperature = 1.0;
-    bool json = false, ignore_eos = false, have_temp = false;
+    loom_engine_options_default(&eo);
+    struct loom_sampling_params sp;
+    loom_sampling_params_default(&sp);
+    const char *dir = NULL;
+    struct prompt *prompts = NULL;
+    int n_prompts = 0, rc = 2;
+    bool json = false;
+    long long n;
+    double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
-            return 0;
+            rc = 0;
+            goto done;
         }
         int r = loom_cli_common_flag(argc, argv, &i, &eo);
-        if (r < 0) return 2;
+        if (r < 0) goto done;
         if (r > 0) continue;
-        if (!strcmp(a, "--prompt-ids")) {
-            if (!(v = loom_cli_value(argc, argv, &i))) return 2;
-            if (n_prompts == MAX_PROMPTS) {
-                fprintf(stderr, "loom generate: at most %d prompts\n", MAX_PROMPTS);
-                return 2;
+        if (!strcmp(a, "--prompt") || !strcmp(a, "--prompt-ids")) {
+            if (!(v = loom_cli_value(argc, argv, &i))) goto done;
+            prompts = loom_realloc(prompts, sizeof(*prompts) * (size_t)(n_prompts + 1));
+            struct prompt *p = &prompts[n_prompts++];
+            memset(p, 0, sizeof(*p));
+            if (!strcmp(a, "--prompt")) {
+                p->text = v;
+            } else if (loom_parse_int_list(v, &p->ids, &p->n_ids) || p->n_ids == 0) {
+                fprintf(stderr, "loom generate: --prompt-ids: %s\n", p->n_ids == 0 ? "empty list" : loom_last_error());
+                goto done;
             }
-            prompts[n_prompts++] = v;
         } else if (!strcmp(a, "--max-tokens")) {
-            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_int(a, v, 1, 1 << 24, &max_tokens)) return 2;
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_int(a, v, 1, 1 << 24, &n)) goto done;
+            sp.max_tokens = (int)n;
         } else if (!strcmp(a, "--temperature")) {
-            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_float(a, v, 0, 100, &temperature)) return 2;
-            have_temp = true;
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_float(a, v, 0, 100, &d)) goto done;
+            sp.temperature = (float)d;
+        } else if (!strcmp(a, "--top-p")) {
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_float(a, v, 1e-9, 1, &d)) goto done;
+            sp.top_p = (float)d;
+        } else if (!strcmp(a, "--top-k")) {
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_int(a, v, -1, 1 << 30, &n)) goto done;
+            sp.top_k = (int)n;
+        } else if (!strcmp(a, "--min-p")) {
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_float(a, v, 0, 1, &d)) goto done;
+            sp.min_p = (float)d;
+        } else if (!strcmp(a, "--n")) {
+            if (!(v = loom_cli_value(argc, argv, &i)) || loom_cli_int(a, v, 1, 1024, &n)) goto done;
+            sp.n = (int)n;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            sp.ignore_eos = true;
         } else if (!strcmp(a, "--json")) {
             json = true;
-        } else if (!strcmp(a, "--ignore-eos")) {
-            ignore_eos = true;
-        } else if (!strcmp(a, "--prompt")) {
-            fprintf(stderr, "loom generate: text prompts are not supported by this version; use --prompt-ids\n");
-            return 2;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "loom generate: unknown flag '%s'\n", a);
             usage(stderr);
-            return 2;
+            goto done;
         } else if (!dir) {
             dir = a;
         } else {
             fprintf(stderr, "loom generate: unexpected argument '%s'\n", a);
-            return 2;
+            goto done;
         }
     }
     if (!dir || n_prompts == 0) {
         usage(stderr);
-        return 2;
+        goto done;
     }
-    if (!have_temp || temperature != 0) {
-        fprintf(stderr, "loom generate: this version decodes greedily only: pass --temperature 0\n");
-        return 2;
-    }
-    int32_t *ids[MAX_PROMPTS] = {0};
-    int lens[MAX_PROMPTS], max_len = 0;
-    for (int p = 0; p < n_prompts; p++) {
-        if (loom_parse_int_list(prompts[p], &ids[p], &lens[p]) || lens[p] == 0) {
-            fprintf(stderr, "loom generate: --prompt-ids: %s\n", lens[p] == 0 ? "empty list" : loom_last_error());
-            for (int q = 0; q < p; q++) free(ids[q]);
-            return 2;
-        }
-        if (lens[p] > max_len) max_len = lens[p];
-    }
+    eo.model_dir = dir;
 
-    int rc = 1;
-    struct loom_backend *be = NULL;
-    struct loom_model *m = NULL;
-    float *logits = NULL;
-    int32_t *seq = NULL, *pos = NULL, *slots = NULL, *bt = NULL, *out = NULL;
-    struct loom_model_config cfg;
-    struct loom_generation_config gen;
-    if (loom_hf_config_load(dir, &cfg) || loom_generation_config_load(dir, &gen)) {
+    rc = 1;
+    struct loom_engine *e = NULL;
+    double t_start = loom_now();
+    if (loom_engine_create(&eo, &e)) {
         fprintf(stderr, "loom generate: %s\n", loom_last_error());
         goto done;
     }
-    const int *eos = gen.n_eos > 0 ? gen.eos_token_ids : cfg.eos_token_ids;
-    const int n_eos = gen.n_eos > 0 ? gen.n_eos : cfg.n_eos;
-    int mml = eo.max_model_len > 0 ? eo.max_model_len : cfg.max_position_embeddings;
-    if (mml <= 0) mml = max_len + (int)max_tokens;
-    const int ctx = max_len + (int)max_tokens < mml ? max_len + (int)max_tokens : mml;
-    if (max_len >= mml) {
-        fprintf(stderr, "loom generate: a prompt of %d tokens leaves no room under max_model_len %d\n", max_len, mml);
-        goto done;
-    }
-    struct loom_backend_options bo = {.device = eo.device, .threads = eo.threads};
-    enum loom_dtype wdt;
-    pick_dtypes(eo.device, eo.dtype, cfg.torch_dtype, &bo.act_dtype, &wdt);
-    if (loom_backend_create(&bo, &be)) {
-        fprintf(stderr, "loom generate: %s\n", loom_last_error());
-        goto done;
-    }
-    struct loom_model_options mo = {.weight_dtype = wdt, .max_batch_tokens = max_len, .max_batch_seqs = 1,
-                                    .max_logit_rows = 1, .max_model_len = mml};
-    if (loom_model_load(dir, be, &mo, &m)) {
-        fprintf(stderr, "loom generate: %s\n", loom_last_error());
-        goto done;
-    }
-    const int bs = eo.block_size > 0 ? eo.block_size : 16, nblocks = (ctx + bs - 1) / bs;
-    if (loom_model_alloc_kv(m, nblocks, bs)) {
-        fprintf(stderr, "loom generate: %s\n", loom_last_error());
-        goto done;
-    }
-    const int V = m->cfg.vocab_size;
-    logits = loom_malloc(sizeof(float) * (size_t)V);
-    seq = loom_malloc(sizeof(int32_t) * (size_t)ctx);
-    pos = loom_malloc(sizeof(int32_t) * (size_t)ctx);
-    slots = loom_malloc(sizeof(int32_t) * (size_t)ctx);
-    bt = loom_malloc(sizeof(int32_t) * (size_t)nblocks);
-    out = loom_malloc(sizeof(int32_t) * (size_t)max_tokens);
-    for (int b = 0; b < nblocks; b++) bt[b] = b;
-    for (int i = 0; i < ctx; i++) pos[i] = slots[i] = i;
-
-    double t_prefill = 0, t_decode = 0;
-    long long n_prefill = 0, n_decode = 0;
+    double t_loaded = loom_now();
+    bool has_tok = loom_engine_tokenizer(e) != NULL;
     for (int p = 0; p < n_prompts; p++) {
-        const int L = lens[p];
-        memcpy(seq, ids[p], sizeof(int32_t) * (size_t)L);
-        int n_out = 0, len = L;
-        const char *finish = "length";
-        int32_t qs[2] = {0, L}, sl[1] = {L}, row[1] = {L - 1};
-        struct loom_batch b = {.n_tokens = L, .n_seqs = 1, .token_ids = seq, .positions = pos, .slot_mapping = slots,
-                               .query_start = qs, .seq_lens = sl, .block_tables = bt, .max_blocks_per_seq = nblocks,
-                               .n_logits = 1, .logit_rows = row};
-        double t0 = loom_now();
-        if (loom_model_forward(m, &b, logits)) {
-            fprintf(stderr, "loom generate: %s\n", loom_last_error());
+        struct prompt *pr = &prompts[p];
+        pr->n = sp.n;
+        pr->samples = loom_calloc((size_t)sp.n, sizeof(struct sample));
+        struct loom_request req;
+        loom_request_default(&req);
+        req.prompt = pr->text;
+        req.prompt_ids = pr->ids;
+        req.n_prompt_ids = pr->n_ids;
+        req.params = sp;
+        req.on_output = on_output;
+        req.user = pr;
+        if (loom_engine_add_request(e, &req, NULL)) {
+            fprintf(stderr, "loom generate: prompt %d: %s\n", p, loom_last_error());
+            loom_engine_free(e);
             goto done;
         }
-        t_prefill += loom_now() - t0;
-        n_prefill += L;
-        t0 = loom_now();
-        for (;;) {
-            int tok = argmax(logits, V);
-            out[n_out++] = tok;
-            seq[len++] = tok;
-            bool stop = false;
-            for (int e = 0; e < n_eos && !ignore_eos; e++) stop = stop || tok == eos[e];
-            if (stop) {
-                finish = "stop";
-                break;
-            }
-            if (n_out == max_tokens || len >= ctx) break;
-            qs[1] = 1;
-            sl[0] = len;
-            row[0] = 0;
-            b = (struct loom_batch){.n_tokens = 1, .n_seqs = 1, .token_ids = seq + len - 1, .positions = pos + len - 1,
-                                    .slot_mapping = slots + len - 1, .query_start = qs, .seq_lens = sl,
-                                    .block_tables = bt, .max_blocks_per_seq = nblocks, .n_logits = 1, .logit_rows = row};
-            if (loom_model_forward(m, &b, logits)) {
-                fprintf(stderr, "loom generate: %s\n", loom_last_error());
-                goto done;
-            }
-            n_decode++;
-        }
-        t_decode += loom_now() - t0;
-        if (json) printf("{\"index\":0,\"prompt_index\":%d,\"token_ids\":[", p);
-        for (int i = 0; i < n_out; i++) printf(i ? (json ? ",%d" : " %d") : "%d", out[i]);
-        if (json) printf("],\"text\":null,\"finish_reason\":\"%s\"}", finish);
-        printf("\n");
-        fflush(stdout);
     }
-    fprintf(stderr, "loom generate: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), "
-                    "%d threads, %s\n",
-            n_prefill, t_prefill, t_prefill > 0 ? n_prefill / t_prefill : 0, n_decode, t_decode,
-            t_decode > 0 ? n_decode / t_decode : 0, be->threads, be->name);
+
+    /* step to the end, timing steps that computed prompt tokens apart from pure decode steps */
+    double t_prefill = 0, t_decode = 0;
+    long long decode_tokens = 0;
+    struct loom_engine_stats before, after;
+    loom_engine_get_stats(e, &before);
+    double t_run = loom_now();
+    while (loom_engine_has_work(e)) {
+        double t0 = loom_now();
+        loom_engine_step(e);
+        double dt = loom_now() - t0;
+        loom_engine_get_stats(e, &after);
+        if (after.prompt_tokens_computed > before.prompt_tokens_computed) t_prefill += dt;
+        else {
+            t_decode += dt;
+            decode_tokens += after.generation_tokens_total - before.generation_tokens_total;
+        }
+        before = after;
+    }
+    double t_end = loom_now();
+    loom_engine_get_stats(e, &after);
+
+    for (int p = 0; p < n_prompts; p++)
+        for (int k = 0; k < prompts[p].n; k++) print_sample(&prompts[p], p, k, json, has_tok);
+    fflush(stdout);
+    fprintf(stderr,
+            "loom generate: %d prompts x %d samples: %lld prompt tokens (%lld computed, %lld from the prefix cache), "
+            "%lld generated in %.3f s (load %.3f s)\n"
+            "loom generate: prefill %.1f tok/s, decode %.1f tok/s, overall %.1f generated tok/s; %lld steps, "
+            "%lld preemptions, %lld prefill chunks\n",
+            n_prompts, sp.n, (long long)after.prompt_tokens_total, (long long)after.prompt_tokens_computed,
+            (long long)after.prefix_cache_hits, (long long)after.generation_tokens_total, t_end - t_run,
+            t_loaded - t_start, t_prefill > 0 ? after.prompt_tokens_computed / t_prefill : 0.0,
+            t_decode > 0 ? decode_tokens / t_decode : 0.0,
+            t_end > t_run ? after.generation_tokens_total / (t_end - t_run) : 0.0, (long long)after.num_steps,
+            (long long)after.num_preemptions, (long long)after.num_prefill_chunks);
     rc = 0;
+    for (int p = 0; p < n_prompts; p++)
+        for (int k = 0; k < prompts[p].n; k++)
+            if (prompts[p].samples[k].finish == LOOM_FINISH_ERROR) rc = 1;
+    loom_engine_free(e);
 done:
-    free(logits);
-    free(seq);
-    free(pos);
-    free(slots);
-    free(bt);
-    free(out);
-    for (int p = 0; p < n_prompts; p++) free(ids[p]);
-    loom_model_free(m);
-    loom_backend_destroy(be);
+    for (int p = 0; p < n_prompts; p++) {
+        for (int k = 0; prompts[p].samples && k < prompts[p].n; k++) {
+            free(prompts[p].samples[k].ids);
+            free(prompts[p].samples[k].text);
+            free((char *)prompts[p].samples[k].error);
+        }
+        free(prompts[p].samples);
+        free(prompts[p].ids);
+    }
+    free(prompts);
     return rc;
 }

@@ -830,13 +830,14 @@ void loom_engine_free(struct loom_engine *e)
     /* abort what is left, inbox included */
     pthread_mutex_lock(&e->step_lock);
     take_inbox(e);
-    for (;;) {
-        struct loom_req *q = NULL;
-        pthread_mutex_lock(&e->lock);
-        for (int b = 0; b < LIVE_BUCKETS && !q; b++) q = e->live[b];
-        pthread_mutex_unlock(&e->lock);
-        if (!q) break;
-        end_request(e, q, LOOM_FINISH_ABORT, NULL);
+    for (int b = 0; b < LIVE_BUCKETS; b++) {
+        for (;;) {
+            pthread_mutex_lock(&e->lock);
+            struct loom_req *q = e->live[b];
+            pthread_mutex_unlock(&e->lock);
+            if (!q) break;
+            end_request(e, q, LOOM_FINISH_ABORT, NULL); /* takes q out of the bucket */
+        }
     }
     pthread_mutex_unlock(&e->step_lock);
     loom_sampler_free(&e->sampler);

@@ -70,8 +70,16 @@ int loom_engine_create(const struct loom_engine_options *opts, struct loom_engin
     struct loom_backend_options bo = {0};
     bo.device = o.device;
     bo.threads = o.threads;
-    bo.act_dtype = LOOM_DTYPE_F32;
-    if (!strcmp(o.device, "cuda")) bo.act_dtype = wdt == LOOM_DTYPE_F32 ? LOOM_DTYPE_F32 : wdt == LOOM_DTYPE_F16 ? LOOM_DTYPE_F16 : LOOM_DTYPE_BF16;
+    /* activations: auto = fp32 on the CPU, the stored 16-bit type (else bf16) on CUDA; float32 / bfloat16
+     * set both (bfloat16 on the CPU is its bf16-dot mode); float16 weights compute in fp32 on the CPU */
+    bool cpu = strcmp(o.device, "cuda") != 0;
+    enum loom_dtype stored = cfg.torch_dtype;
+    if (wdt == LOOM_DTYPE_COUNT)
+        bo.act_dtype = cpu ? LOOM_DTYPE_F32 : stored == LOOM_DTYPE_F16 ? LOOM_DTYPE_F16 : stored == LOOM_DTYPE_F32 ? LOOM_DTYPE_F32 : LOOM_DTYPE_BF16;
+    else if (wdt == LOOM_DTYPE_F16)
+        bo.act_dtype = cpu ? LOOM_DTYPE_F32 : LOOM_DTYPE_F16;
+    else
+        bo.act_dtype = wdt;
     struct loaded *ld = loom_calloc(1, sizeof(*ld));
     if ((rc = loom_backend_create(&bo, &ld->be))) {
         free(ld);

@@ -8,6 +8,7 @@
 #include "core/error.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,6 +171,10 @@ int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const 
     const struct loom_sampling_params *p = in->p;
     int V = s->vocab;
     float *x = s->work;
+    bool masked = in->n_output < p->min_tokens && in->n_stop_ids > 0;
+    bool penalized = p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
+    if (p->temperature < SAMPLING_EPS && !masked && !penalized && p->n_logit_bias == 0)
+        return argmax(logits, V); /* plain greedy: no copy of the row */
     memcpy(x, logits, (size_t)V * sizeof(float));
 
     if (in->n_output < p->min_tokens)

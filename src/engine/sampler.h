@@ -51,7 +51,7 @@ void loom_sampler_free(struct loom_sampler *s);
 int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in);
 
 /* Steps 2-9 into s->work. Returns the token when the choice is greedy (work then holds the logits
- * after penalties), else -1 with work holding the final logits (temperature applied, dropped tokens
+ * after penalties, unless nothing modifies them: plain greedy reads the row in place), else -1 with work holding the final logits (temperature applied, dropped tokens
  * at -inf) that loom_sampler_sample draws from. Exposed for tests. */
 int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in);
 

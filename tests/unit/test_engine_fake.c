@@ -13,6 +13,7 @@
  *   - logprobs / prompt_logprobs equal the reference log-softmax; stop token ids, min_tokens, stop
  *     strings (with a real tokenizer), aborts, request validation, the engine thread.
  */
+#include "core/error.h"
 #include "core/log.h"
 #include "engine/engine_internal.h"
 #include "engine/sampler.h"
@@ -33,6 +34,7 @@ struct fake {
     int vocab, block_size, num_blocks;
     uint64_t *kv; /* [num_blocks * block_size] prefix hash held by each slot */
     int64_t rows, tokens, bad;
+    int64_t calls, fail_call; /* forward number fail_call (1-based) fails; 0: never */
 };
 
 static uint64_t mix(uint64_t x)
@@ -59,6 +61,7 @@ static int fake_forward(void *ctx, const struct loom_batch *b, float *logits)
 {
     struct fake *f = ctx;
     int bs = f->block_size;
+    if (++f->calls == f->fail_call) return loom_fail(LOOM_EINVAL, "fake forward failure");
     /* store: each token's K/V is the hash of its prefix (reading the previous position's slot) */
     for (int s = 0; s < b->n_seqs; s++) {
         int q0 = b->query_start[s], q1 = b->query_start[s + 1], len = b->seq_lens[s], start = len - (q1 - q0);
@@ -804,6 +807,103 @@ static void test_thread(struct fake *f)
     loom_engine_free(e);
 }
 
+/* Priority policy: with one sequence at a time, requests run in (priority, arrival) order;
+ * under FCFS in arrival order. */
+static int finish_order[8], n_finished_order;
+static void on_order(const struct loom_output *o, void *user)
+{
+    if (o->finish_reason != LOOM_FINISH_NONE) finish_order[n_finished_order++] = (int)(intptr_t)user;
+}
+
+static void test_policy(struct fake *f)
+{
+    int prio[4] = {2, 0, 1, 0};
+    int32_t ids[3] = {5, 6, 7};
+    for (int pol = 0; pol < 2; pol++) {
+        struct cfg c = {.num_blocks = 50, .block_size = 4, .budget = 64, .max_seqs = 1, .model_len = 256, .caching = true,
+                        .policy = pol ? LOOM_SCHED_PRIORITY : LOOM_SCHED_FCFS};
+        struct loom_engine *e = make_engine(f, &c);
+        n_finished_order = 0;
+        for (int i = 0; i < 4; i++) {
+            struct loom_request r;
+            loom_request_default(&r);
+            r.prompt_ids = ids;
+            r.n_prompt_ids = 3;
+            r.params.max_tokens = 3;
+            r.params.ignore_eos = true;
+            r.params.priority = prio[i];
+            r.on_output = on_order;
+            r.user = (void *)(intptr_t)i;
+            CHECK_EQ_INT(loom_engine_add_request(e, &r, NULL), 0);
+        }
+        run_to_end(e);
+        int want_fcfs[4] = {0, 1, 2, 3}, want_prio[4] = {1, 3, 2, 0};
+        CHECK_EQ_INT(n_finished_order, 4);
+        CHECK(!memcmp(finish_order, pol ? want_prio : want_fcfs, sizeof(want_fcfs)));
+        loom_engine_free(e);
+    }
+}
+
+/* n > 1 without prefix caching: samples 1.. fork sample 0's full prompt blocks and compute only the
+ * partial last block; a failing forward fails that step's requests with an error and no others. */
+static void test_fork_and_errors(struct fake *f)
+{
+    struct spec s;
+    rs = 21;
+    random_spec(&s, 40, false);
+    s.n_prompt = 40;
+    for (int i = 0; i < 40; i++) s.prompt[i] = (int32_t)rnd(64);
+    s.p.n = 4;
+    s.p.max_tokens = 6;
+    s.p.ignore_eos = true;
+    static struct result r, r2;
+    struct cfg c = {.num_blocks = 100, .block_size = 16, .budget = 2048, .max_seqs = 8, .model_len = 256, .caching = false};
+    struct loom_engine *e = make_engine(f, &c);
+    submit(e, &s, &r);
+    run_to_end(e);
+    struct loom_engine_stats st;
+    loom_engine_get_stats(e, &st);
+    CHECK_EQ_INT(st.prompt_tokens_computed, 40 + 3 * (40 - 32)); /* 2 full blocks shared 3 times */
+    int32_t want[MAXT];
+    CHECK_EQ_INT(ref_greedy(&s, f->vocab, 256, want), 6);
+    for (int k = 0; k < 4; k++) CHECK(r.n_tokens[k] == 6 && !memcmp(r.tokens[k], want, sizeof(int32_t) * 6));
+
+    /* the 3rd forward fails: the request in it ends with an error; one added later is served */
+    f->calls = 0;
+    f->fail_call = 3;
+    s.p.n = 1;
+    submit(e, &s, &r);
+    run_to_end(e);
+    CHECK_EQ_INT(r.finish[0], LOOM_FINISH_ERROR);
+    CHECK_EQ_INT(r.n_tokens[0], 2);
+    f->fail_call = 0;
+    submit(e, &s, &r2);
+    run_to_end(e);
+    CHECK_EQ_INT(r2.finish[0], LOOM_FINISH_LENGTH);
+    CHECK_EQ_INT(r2.n_tokens[0], 6);
+    loom_engine_free(e);
+}
+
+/* More unfinished requests than the engine takes: LOOM_EFULL, and nothing is lost. */
+static void test_full(struct fake *f)
+{
+    struct cfg c = {.num_blocks = 100, .block_size = 16, .budget = 64, .max_seqs = 8, .model_len = 256, .caching = true};
+    struct loom_engine *e = make_engine(f, &c);
+    int32_t ids[2] = {1, 2};
+    struct loom_request r;
+    loom_request_default(&r);
+    r.prompt_ids = ids;
+    r.n_prompt_ids = 2;
+    int n = 0, rc = 0;
+    while ((rc = loom_engine_add_request(e, &r, NULL)) == 0 && n < 200000) n++;
+    CHECK_EQ_INT(rc, LOOM_EFULL);
+    CHECK_EQ_INT(n, 1 << 16);
+    CHECK(strstr(loom_last_error(), "unfinished requests") != NULL);
+    loom_engine_step(e);
+    CHECK_EQ_INT(loom_engine_add_request(e, &r, NULL), LOOM_EFULL); /* still full: nothing finished yet */
+    loom_engine_free(e); /* aborts them all */
+}
+
 int main(void)
 {
     loom_log_set_level(LOOM_LOG_WARN);
@@ -819,6 +919,9 @@ int main(void)
     test_validation(&f);
     test_stop_strings(&f);
     test_thread(&f);
+    test_policy(&f);
+    test_fork_and_errors(&f);
+    test_full(&f);
     free(f.kv);
     return test_report();
 }
