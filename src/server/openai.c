@@ -255,7 +255,8 @@ struct gen_prompt {
     int index;
     int32_t *ids; /* the prompt as sent to the engine (owned) */
     int n_ids;
-    uint64_t engine_id;
+    uint64_t engine_id; /* written by the route after add_request returns (cancel reads it) */
+    uint64_t seen_id;   /* the same id as the engine's outputs carry (for the log line) */
     bool added;
     int prompt_tokens, cached_tokens; /* from the engine's outputs */
     const char *echo_text;            /* completions echo: the prompt's text (into req or echo_owned) */
@@ -493,6 +494,7 @@ static void on_output(const struct loom_output *o, void *user)
         pthread_mutex_unlock(&j->lock);
         return;
     }
+    gp->seen_id = o->request_id;
     if (o->prompt_tokens) gp->prompt_tokens = o->prompt_tokens;
     gp->cached_tokens = o->cached_tokens;
     if (o->n_tokens > 0) {
@@ -594,8 +596,11 @@ static void on_output(const struct loom_output *o, void *user)
                 finalize_body(g);
             int p, k, q;
             usage_totals(g, &p, &k, &q);
-            snprintf(j->detail, sizeof(j->detail), "prompt=%d completion=%d cached=%d finish=%s ttft=%.3fs",
-                     p, k, q, finish_name(g->choices[0].finish), g->choices[0].ttft);
+            /* the engine's ids tie this line to the engine's own log lines */
+            snprintf(j->detail, sizeof(j->detail),
+                     "prompt=%d completion=%d cached=%d finish=%s ttft=%.3fs engine=req-%llu%s", p, k, q,
+                     finish_name(g->choices[0].finish), g->choices[0].ttft,
+                     (unsigned long long)g->prompts[0].seen_id, g->n_prompts > 1 ? "..." : "");
             j->done = true;
         }
     }

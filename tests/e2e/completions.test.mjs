@@ -98,7 +98,7 @@ test('outputs equal `loom generate --json` for the same greedy request', async (
   }
 });
 
-test('seeded sampling: the same seed gives the same text, n > 1 samples differ, and match `loom generate`', async (t) => {
+test('seeded sampling: the same seed gives the same text, n > 1 samples differ, neighbours change nothing', async () => {
   const req = { model: MODEL, prompt: [1], max_tokens: 24, temperature: 1.0, seed: 1234 };
   const a = await openai.completions.create(req);
   const b = await openai.completions.create(req);
@@ -118,16 +118,35 @@ test('seeded sampling: the same seed gives the same text, n > 1 samples differ, 
     openai.completions.create({ ...req, prompt: 'Zoo', seed: 8 }),
   ]);
   assert.deepEqual(n2.choices.map((x) => x.text), n.choices.map((x) => x.text));
+});
+
+test('sampling equals `loom generate --seed S` for the same request (`loom serve --seed S`, first request)', async (t) => {
+  // --seed is the engine's seed: a request without its own seed draws from it and its request id, so a
+  // fresh server's first request is the same request as generate's first prompt
+  const args = ['--prompt-ids', '1,403', '--max-tokens', '24', '--temperature', '0.8', '--top-p', '0.9',
+    '--seed', '1234', '--ignore-eos', '--n', '3'];
   let g;
   try {
-    g = await generate(STORIES, ['--prompt-ids', '1', '--max-tokens', '24', '--temperature', '1', '--seed', '1234',
-      '--ignore-eos']);
+    g = await generate(STORIES, args);
   } catch (e) {
     t.skip(`loom generate cannot sample yet: ${e.message.split('\n')[0]}`);
     return;
   }
-  const r = await openai.completions.create({ ...req, ignore_eos: true, logprobs: 0, return_tokens_as_token_ids: true });
-  assert.deepEqual(idsOf(r.choices[0].logprobs), g[0].token_ids);
+  const s = await startServer(STORIES, ['--seed', '1234']);
+  try {
+    const r = await client(s).completions.create({
+      model: MODEL, prompt: [1, 403], max_tokens: 24, temperature: 0.8, top_p: 0.9, ignore_eos: true, n: 3,
+      logprobs: 0, return_tokens_as_token_ids: true,
+    });
+    assert.equal(g.length, 3);
+    for (let i = 0; i < 3; i++) {
+      const gi = g.find((x) => x.index === i);
+      assert.deepEqual(idsOf(r.choices[i].logprobs), gi.token_ids, `sample ${i}`);
+      if (typeof gi.text === 'string') assert.equal(r.choices[i].text, gi.text);
+    }
+  } finally {
+    assert.equal(await stopServer(s), 0);
+  }
 });
 
 test('finish reasons: stop strings (not emitted), EOS, length; stop_reason', async () => {
