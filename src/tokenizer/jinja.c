@@ -1133,7 +1133,7 @@ static void lex(struct lexer *L)
                 size_t r = q + 3;
                 r += ws_run(s, n, r);
                 size_t end = 0;
-                if (r + 2 < n + 0 && s[r] == '-' && s[r + 1] == '%' && r + 2 < n && s[r + 2] == '}')
+                if (r + 2 < n && s[r] == '-' && s[r + 1] == '%' && s[r + 2] == '}')
                     end = r + 3 + ws_run(s, n, r + 3);
                 else if (r + 1 < n && s[r] == '%' && s[r + 1] == '}')
                     end = r + 2;
@@ -2978,10 +2978,8 @@ static struct val do_slice(struct rctx *c, struct val o, struct val vs, struct v
     if (o.t == V_LIST) {
         if (!slice_indices(c, (int64_t)o.l.n, vs, ve, vt, &s, &t, &n)) return vundef(NULL);
         if (t == 1) {
-            struct val r = o; /* a view of the same buffer */
             struct val *it = L_items(o);
             struct val out = list_new(c, (size_t)n, o.f & F_TUPLE);
-            (void)r;
             memcpy(L_items(out), it + s, (size_t)n * sizeof(struct val));
             out.l.buf->used = (size_t)n;
             out.l.n = (size_t)n;
