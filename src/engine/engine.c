@@ -386,8 +386,10 @@ bool loom_engine_has_work(struct loom_engine *e)
 /* ---------------------------------------------------------------------------------------------- */
 /* Outputs */
 
+/* Delivers one output of a sample: n_tokens new tokens (their logprobs in e->lp / e->top when asked),
+ * a text delta, the finish state, and the prompt logprobs with sample 0's first token. */
 static void emit(struct loom_engine *e, struct loom_seq *seq, const int32_t *tokens, int n_tokens, const char *text,
-                 size_t text_len, bool with_logprobs)
+                 size_t text_len, const char *error)
 {
     struct loom_req *q = seq->req;
     const struct loom_sampling_params *p = &q->params;
@@ -399,7 +401,7 @@ static void emit(struct loom_engine *e, struct loom_seq *seq, const int32_t *tok
     o.n_tokens = n_tokens;
     o.text = text ? text : "";
     o.text_len = text_len;
-    if (with_logprobs && p->logprobs >= 0 && n_tokens > 0) {
+    if (p->logprobs >= 0 && n_tokens > 0) {
         o.logprobs = &e->lp;
         o.top_logprobs = e->top;
         o.top_k = p->logprobs;
@@ -417,7 +419,7 @@ static void emit(struct loom_engine *e, struct loom_seq *seq, const int32_t *tok
     o.completion_tokens = loom_seq_num_output(seq);
     o.cached_tokens = q->cached_tokens;
     o.time_first_token = q->t_first_token > 0 ? q->t_first_token - q->t_arrival : 0;
-    seq->n_emitted = loom_seq_num_output(seq);
+    o.error = error;
     q->on_output(&o, q->user);
 }
 
@@ -456,20 +458,7 @@ static void end_request(struct loom_engine *e, struct loom_req *q, enum loom_fin
         if (seq->status == LOOM_SEQ_FINISHED) continue;
         seq->finish = r;
         loom_scheduler_remove(&e->sched, seq);
-        if (q->on_output) {
-            struct loom_output o = {0};
-            o.request_id = q->id;
-            o.index = i;
-            o.text = "";
-            o.finish_reason = r;
-            o.stop_token = -1;
-            o.error = err;
-            o.prompt_tokens = q->n_prompt;
-            o.completion_tokens = loom_seq_num_output(seq);
-            o.cached_tokens = q->cached_tokens;
-            o.time_first_token = q->t_first_token > 0 ? q->t_first_token - q->t_arrival : 0;
-            q->on_output(&o, q->user);
-        }
+        emit(e, seq, NULL, 0, "", 0, err);
         if (--q->n_unfinished == 0) {
             finish_request(e, q);
             return;
@@ -602,7 +591,7 @@ static void sample_seq(struct loom_engine *e, struct loom_seq *seq, const float 
     size_t len;
     bool stop_tok = seq->finish == LOOM_FINISH_STOP && seq->stop_token >= 0;
     seq_text(seq, tok, stop_tok && !p->include_stop_str_in_output, &text, &len);
-    emit(e, seq, &tok, 1, text, len, true);
+    emit(e, seq, &tok, 1, text, len, NULL);
     if (seq->finish != LOOM_FINISH_NONE) finish_seq(e, seq);
 }
 

@@ -51,7 +51,6 @@ struct loom_seq {
 
     /* generation */
     uint64_t rng_key;               /* per-sample stream: token j uses (rng_key, j) */
-    int n_emitted;                  /* output tokens already delivered through the callback */
     enum loom_finish_reason finish;
     int32_t stop_token;             /* -1 or the token that stopped the sample */
     int stop_string;                /* -1 or the index of the stop string that matched */
