@@ -91,11 +91,7 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
     }
     struct loom_backend *be = NULL;
     struct loom_backend_options bo = {.device = "cuda", .act_dtype = act, .device_index = 0};
-#ifdef LOOM_HAVE_CUDA
-    int rc = loom_backend_cuda_create(&bo, &be);
-#else
-    int rc = LOOM_EUNSUPPORTED;
-#endif
+    int rc = loom_backend_create(&bo, &be); /* LOOM_EUNSUPPORTED without CUDA */
     CHECK_MSG(rc == 0, "cuda backend: %s", loom_last_error());
     if (rc) {
         loom_safetensors_close(g);
