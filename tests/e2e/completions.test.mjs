@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  STORIES, startServer, stopServer, client, post, get, metrics, generate, idsOf, storiesExpected, sse,
+  STORIES, startServer, stopServer, client, post, get, metrics, waitMetrics, settledMetrics, generate, idsOf, storiesExpected, sse,
 } from './helpers.mjs';
 
 let server, openai;
@@ -254,9 +254,11 @@ test('/v1/models, /health, /version, /metrics', async () => {
   assert.equal((await openai.models.retrieve(MODEL)).id, MODEL);
   assert.equal((await get(server, '/health')).status, 200);
   assert.match((await get(server, '/version')).json.version, /^\d+\.\d+\.\d+/);
-  const before = await metrics(server);
+  const before = await settledMetrics(server);
   const r = await openai.completions.create({ model: MODEL, prompt: 'Zoo', max_tokens: 7, temperature: 0 });
-  const m = await metrics(server);
+  // the engine's counters are a snapshot taken each step: wait for the one after this request
+  const m = await waitMetrics(server, (x) => x.sum('vllm:generation_tokens_total') -
+    before.sum('vllm:generation_tokens_total') >= 7 && x.get(`vllm:num_requests_running{model_name="${MODEL}"}`) === 0);
   assert.equal(m.sum('vllm:generation_tokens_total') - before.sum('vllm:generation_tokens_total'), 7);
   assert.equal(m.sum('vllm:prompt_tokens_total') - before.sum('vllm:prompt_tokens_total'), r.usage.prompt_tokens);
   assert.ok(m.sum('vllm:time_to_first_token_seconds_count') > before.sum('vllm:time_to_first_token_seconds_count'));

@@ -177,6 +177,21 @@ export async function waitMetrics(server, pred, timeoutMs = 10000) {
   return m;
 }
 
+// /metrics once nothing runs and the engine's counters (a snapshot taken each step) stopped moving.
+export async function settledMetrics(server, timeoutMs = 10000) {
+  const t0 = Date.now();
+  let prev = await metrics(server);
+  while (Date.now() - t0 < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 50));
+    const m = await metrics(server);
+    const running = [...m].filter(([k]) => k.startsWith('vllm:num_requests_running')).reduce((a, [, v]) => a + v, 0);
+    if (running === 0 && m.sum('vllm:generation_tokens_total') === prev.sum('vllm:generation_tokens_total') &&
+      m.sum('vllm:prompt_tokens_total') === prev.sum('vllm:prompt_tokens_total')) return m;
+    prev = m;
+  }
+  return prev;
+}
+
 // `loom generate MODEL ...args --json` -> one object per output line.
 export function generate(model, args) {
   return new Promise((resolve, reject) => {

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { LOOM, STORIES, QWEN, QWEN_TOKENIZER, startServer, client, get } from './helpers.mjs';
+import { LOOM, STORIES, QWEN, QWEN_TOKENIZER, startServer, client, get, waitMetrics } from './helpers.mjs';
 
 function exited(server) {
   if (server.exited) return Promise.resolve(server.exited.code);
@@ -17,7 +17,9 @@ test('SIGTERM lets requests in flight finish, refuses new connections, exits 0',
     const long = openai.completions.create({ model: 'qwen2-tiny-151k', prompt: 'Go on', max_tokens: 400, ignore_eos: true });
     const stream = await openai.completions.create(
       { model: 'qwen2-tiny-151k', prompt: 'And on', max_tokens: 300, ignore_eos: true, stream: true });
-    await new Promise((r) => setTimeout(r, 200));
+    // both requests are in the engine before the signal
+    const m = await waitMetrics(s, (x) => x.get('vllm:num_requests_running{model_name="qwen2-tiny-151k"}') === 2, 20000);
+    assert.equal(m.get('vllm:num_requests_running{model_name="qwen2-tiny-151k"}'), 2);
     s.proc.kill('SIGTERM');
     let streamed = 0, fin = null;
     for await (const c of stream) {
@@ -43,7 +45,7 @@ test('a second signal aborts the requests in flight and exits at once', { timeou
     const openai = client(s);
     const long = openai.completions.create({ model: 'qwen2-tiny-151k', prompt: 'Go on', max_tokens: 30000, ignore_eos: true })
       .then((r) => r, (e) => e);
-    await new Promise((r) => setTimeout(r, 300));
+    await waitMetrics(s, (x) => x.get('vllm:num_requests_running{model_name="qwen2-tiny-151k"}') === 1, 20000);
     const t0 = Date.now();
     s.proc.kill('SIGTERM');
     await new Promise((r) => setTimeout(r, 300));
