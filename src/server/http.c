@@ -417,7 +417,7 @@ static void *watchdog_main(void *arg)
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += WATCHDOG_PERIOD_MS * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+        pthread_cond_timedwait(&s->watchdog_cond, &s->lock, &ts); /* its own: job churn does not wake it */
         if (s->watchdog_stop) break;
         int n = 0;
         for (struct loom_job *j = s->jobs; j; j = j->next) {
@@ -466,6 +466,7 @@ static void server_free(struct loom_server *s)
     loom_metrics_destroy(&s->metrics);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->watchdog_cond);
     free(s->host);
     free(s->model_name);
     free(s->model_path);
@@ -493,6 +494,7 @@ int loom_server_start(const struct loom_server_options *o, struct loom_server **
     s->started = (long long)time(NULL);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->watchdog_cond, NULL);
     loom_metrics_init(&s->metrics, s->model_name);
 
     char port[16];
@@ -627,7 +629,7 @@ void loom_server_shutdown(struct loom_server *s, double drain_s)
     }
     pthread_mutex_lock(&s->lock);
     s->watchdog_stop = true;
-    pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->watchdog_cond);
     pthread_mutex_unlock(&s->lock);
     if (s->watchdog_running) pthread_join(s->watchdog, NULL);
     if (left) {

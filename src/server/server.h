@@ -150,8 +150,9 @@ struct loom_server {
     long long started; /* Unix time, for /v1/models */
     struct loom_metrics metrics;
 
-    pthread_mutex_t lock; /* jobs list, counts */
-    pthread_cond_t cond;  /* signalled when a job leaves the list */
+    pthread_mutex_t lock;         /* jobs list, counts */
+    pthread_cond_t cond;          /* signalled when a job leaves the list */
+    pthread_cond_t watchdog_cond; /* the watchdog's sleep (and its stop) */
     struct loom_job *jobs;
     int n_jobs;
     bool draining;
