@@ -50,7 +50,15 @@ int loom_fail_context(int status, const char *fmt, ...)
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
     memcpy(old, last_error, sizeof(old));
-    snprintf(last_error, sizeof(last_error), "%s: %s", prefix, old);
+    /* prefix + ": " + old message, truncated to the buffer */
+    size_t n = strlen(prefix);
+    if (n > sizeof(last_error) - 3) n = sizeof(last_error) - 3;
+    memcpy(last_error, prefix, n);
+    memcpy(last_error + n, ": ", 2);
+    size_t room = sizeof(last_error) - n - 3, m = strlen(old);
+    if (m > room) m = room;
+    memcpy(last_error + n + 2, old, m);
+    last_error[n + 2 + m] = 0;
     return status;
 }
 

@@ -82,8 +82,8 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
 {
     bool f32 = act == LOOM_DTYPE_F32;
     double tol = f32 ? 1e-3 : 0.25, margin_thr = f32 ? 0.01 : 0.5;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    char path[8192];
+    snprintf(path, sizeof path, "%.4000s/golden.safetensors", dir);
     struct loom_safetensors *g = NULL;
     if (loom_safetensors_open(path, &g)) {
         CHECK_MSG(0, "%s: %s", path, loom_last_error());
