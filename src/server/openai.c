@@ -565,7 +565,9 @@ static void on_output(const struct loom_output *o, void *user)
                 emit_chunk(g, ci, gp->echo_text, gp->echo_len, false, elp, NULL);
             }
             c->started = true;
-            if (o->text_len || finishing || lp)
+            /* as vLLM: a chunk for every output with new tokens, even when its text is held back
+             * (partial UTF-8, a possible stop string) or the model has no tokenizer */
+            if (o->text_len || o->n_tokens > 0 || finishing || lp)
                 emit_chunk(g, ci, o->text, o->text_len, false, lp, c);
             else
                 json_decref(lp);
