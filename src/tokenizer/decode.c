@@ -148,7 +148,7 @@ static void tl_free(struct tlist *l)
     free(l->len);
 }
 
-#define TOK(l, i) ((l)->b.p + (l)->off[i])
+#define TOK(l, i) ((l)->b.p ? (l)->b.p + (l)->off[i] : "")
 
 static bool parse_byte_token(const char *s, size_t n, uint8_t *out)
 {
@@ -174,7 +174,41 @@ static bool parse_byte_token(const char *s, size_t n, uint8_t *out)
     return true;
 }
 
-static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, struct tok_matcher *m,
+/* Scratch of one decode, reusable from call to call (the streaming detokenizer keeps one). */
+struct tok_dec_ctx {
+    struct tlist a, b;
+    struct tok_buf res, bytes, run;
+    struct tok_matcher m;
+    struct tok_spanvec sv;
+};
+
+/* Appends s with every match of p replaced by rep, as one new token of out. */
+static int replace_token(struct tok_dec_ctx *c, const struct tok_pattern *p, const char *s, size_t n, const char *rep,
+                         size_t rep_len, struct tlist *out)
+{
+    tl_begin(out, NULL, 0);
+    if (!p->re) { /* literal */
+        size_t i = 0;
+        while (p->lit_len && i + p->lit_len <= n) {
+            const char *f = tok_memmem(s + i, n - i, p->lit, p->lit_len);
+            if (!f) break;
+            tl_more(out, s + i, (size_t)(f - (s + i)));
+            tl_more(out, rep, rep_len);
+            i = (size_t)(f - s) + p->lit_len;
+        }
+        tl_more(out, s + i, n - i);
+        return 0;
+    }
+    int rc = tok_pattern_spans(p, &c->m, s, n, &c->sv);
+    if (rc) return rc;
+    for (size_t k = 0; k < c->sv.n; k++) {
+        if (c->sv.v[k].match) tl_more(out, rep, rep_len);
+        else tl_more(out, s + c->sv.v[k].start, c->sv.v[k].end - c->sv.v[k].start);
+    }
+    return 0;
+}
+
+static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, struct tok_dec_ctx *c,
                        const struct tlist *in, struct tlist *out)
 {
     static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
@@ -182,62 +216,63 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
     out->b.len = 0;
     switch (d->type) {
     case TD_BYTELEVEL: {
-        struct tok_buf bytes = {0};
+        struct tok_buf *bytes = &c->bytes;
+        bytes->len = 0;
         for (size_t i = 0; i < in->n; i++) {
             const char *s = TOK(in, i);
-            size_t n = in->len[i], start = bytes.len;
+            size_t n = in->len[i], start = bytes->len;
+            tok_buf_reserve(bytes, n);
             bool ok = true;
-            for (size_t k = 0; k < n && ok;) {
-                int l;
-                uint32_t cp = tok_utf8_decode((const uint8_t *)s + k, &l);
-                if (cp < 0x144 && t->is_byte_char[cp]) tok_buf_putc(&bytes, (char)t->byte_of_char[cp]);
-                else ok = false;
+            for (size_t k = 0; k < n;) {
+                uint8_t b0 = (uint8_t)s[k];
+                uint32_t cp;
+                int l = 1;
+                if (b0 < 0x80) cp = b0;
+                else cp = tok_utf8_decode((const uint8_t *)s + k, &l);
+                if (cp >= 0x144 || !t->is_byte_char[cp]) {
+                    ok = false;
+                    break;
+                }
+                bytes->p[bytes->len++] = (char)t->byte_of_char[cp];
                 k += (size_t)l;
             }
             if (!ok) { /* a character outside the byte alphabet: the token's own bytes */
-                bytes.len = start;
-                tok_buf_put(&bytes, s, n);
+                bytes->len = start;
+                tok_buf_put(bytes, s, n);
             }
         }
         tl_begin(out, NULL, 0);
-        struct tok_buf txt = {0};
-        tok_utf8_lossy((const uint8_t *)(bytes.p ? bytes.p : ""), bytes.len, &txt);
-        tl_more(out, txt.p, txt.len);
-        tok_buf_free(&txt);
-        tok_buf_free(&bytes);
+        tok_buf_reserve(&out->b, bytes->len + 16);
+        size_t before = out->b.len;
+        tok_utf8_lossy((const uint8_t *)(bytes->p ? bytes->p : ""), bytes->len, &out->b);
+        out->len[0] = out->b.len - before;
         return 0;
     }
     case TD_REPLACE:
         for (size_t i = 0; i < in->n; i++) {
-            struct tok_buf r = {0};
-            int rc = tok_pattern_replace(&d->pat, m, TOK(in, i), in->len[i], d->str, d->str_len, &r);
-            if (rc) {
-                tok_buf_free(&r);
-                return rc;
-            }
-            tl_begin(out, r.p, r.len);
-            tok_buf_free(&r);
+            int rc = replace_token(c, &d->pat, TOK(in, i), in->len[i], d->str, d->str_len, out);
+            if (rc) return rc;
         }
         return 0;
     case TD_BYTE_FALLBACK: {
-        struct tok_buf run = {0};
+        struct tok_buf *run = &c->run;
+        run->len = 0;
         for (size_t i = 0; i <= in->n; i++) {
             uint8_t byte;
             if (i < in->n && parse_byte_token(TOK(in, i), in->len[i], &byte)) {
-                tok_buf_putc(&run, (char)byte);
+                tok_buf_putc(run, (char)byte);
                 continue;
             }
-            if (run.len) {
-                if (tok_utf8_validate((const uint8_t *)run.p, run.len) == run.len) {
-                    tl_begin(out, run.p, run.len);
+            if (run->len) {
+                if (tok_utf8_validate((const uint8_t *)run->p, run->len) == run->len) {
+                    tl_begin(out, run->p, run->len);
                 } else {
-                    for (size_t k = 0; k < run.len; k++) tl_begin(out, fffd, 3);
+                    for (size_t k = 0; k < run->len; k++) tl_begin(out, fffd, 3);
                 }
-                run.len = 0;
+                run->len = 0;
             }
             if (i < in->n) tl_begin(out, TOK(in, i), in->len[i]);
         }
-        tok_buf_free(&run);
         return 0;
     }
     case TD_FUSE:
@@ -245,27 +280,27 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
         for (size_t i = 0; i < in->n; i++) tl_more(out, TOK(in, i), in->len[i]);
         return 0;
     case TD_STRIP: {
-        char c[4];
-        int cl = tok_utf8_encode(d->ch, c);
+        char ch[4];
+        int cl = tok_utf8_encode(d->ch, ch);
         for (size_t i = 0; i < in->n; i++) {
             const char *s = TOK(in, i);
             size_t a = 0, b = in->len[i];
-            for (int k = 0; k < d->start && a + (size_t)cl <= b && !memcmp(s + a, c, (size_t)cl); k++) a += (size_t)cl;
-            for (int k = 0; k < d->stop && b >= a + (size_t)cl && !memcmp(s + b - cl, c, (size_t)cl); k++)
+            for (int k = 0; k < d->start && a + (size_t)cl <= b && !memcmp(s + a, ch, (size_t)cl); k++) a += (size_t)cl;
+            for (int k = 0; k < d->stop && b >= a + (size_t)cl && !memcmp(s + b - cl, ch, (size_t)cl); k++)
                 b -= (size_t)cl;
             tl_begin(out, s + a, b - a);
         }
         return 0;
     }
     case TD_METASPACE: {
-        char c[4];
-        int cl = tok_utf8_encode(d->ch, c);
+        char ch[4];
+        int cl = tok_utf8_encode(d->ch, ch);
         for (size_t i = 0; i < in->n; i++) {
             const char *s = TOK(in, i);
             size_t n = in->len[i], k = 0, run = 0;
             tl_begin(out, NULL, 0);
             while (k < n) {
-                if (k + (size_t)cl <= n && !memcmp(s + k, c, (size_t)cl)) {
+                if (k + (size_t)cl <= n && !memcmp(s + k, ch, (size_t)cl)) {
                     tl_more(out, s + run, k - run);
                     if (!(i == 0 && d->prepend_first)) tl_more(out, " ", 1);
                     k += (size_t)cl;
@@ -281,11 +316,8 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
     case TD_BPE: {
         struct tok_pattern lit = {.lit = d->str, .lit_len = d->str_len};
         for (size_t i = 0; i < in->n; i++) {
-            struct tok_buf r = {0};
             bool last = i + 1 == in->n;
-            tok_pattern_replace(&lit, m, TOK(in, i), in->len[i], last ? "" : " ", last ? 0 : 1, &r);
-            tl_begin(out, r.p, r.len);
-            tok_buf_free(&r);
+            replace_token(c, &lit, TOK(in, i), in->len[i], last ? "" : " ", last ? 0 : 1, out);
         }
         return 0;
     }
@@ -294,54 +326,89 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
     return 0;
 }
 
+struct tok_dec_ctx *tok_dec_ctx_new(void)
+{
+    return loom_calloc(1, sizeof(struct tok_dec_ctx));
+}
+
+void tok_dec_ctx_free(struct tok_dec_ctx *c)
+{
+    if (!c) return;
+    tl_free(&c->a);
+    tl_free(&c->b);
+    tok_buf_free(&c->res);
+    tok_buf_free(&c->bytes);
+    tok_buf_free(&c->run);
+    tok_matcher_free(&c->m);
+    tok_spanvec_free(&c->sv);
+    free(c);
+}
+
+int tok_decode_ctx(const struct loom_tokenizer *t, struct tok_dec_ctx *c, const int32_t *ids, int n_ids,
+                   bool skip_special_tokens, const char **text, size_t *len)
+{
+    if (n_ids < 0 || (n_ids && !ids)) return loom_fail(LOOM_EINVAL, "tokenizer: bad id list");
+    struct tlist *a = &c->a;
+    a->n = 0;
+    a->b.len = 0;
+    for (int i = 0; i < n_ids; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->vocab_size)
+            return loom_fail(LOOM_EINVAL, "tokenizer: token id %d is out of range [0, %d)", id, t->vocab_size);
+        int ai = t->added_by_id[id];
+        if (ai >= 0) {
+            if (skip_special_tokens && t->added[ai].special) continue;
+            tl_begin(a, t->added[ai].content, t->added[ai].len);
+        } else if (id < t->bpe.n_ids && t->bpe.str[id]) {
+            tl_begin(a, t->bpe.str[id], t->bpe.len[id]);
+        } /* an id with no token (a hole in the vocab) is skipped, as HF does */
+    }
+    struct tok_buf *res = &c->res;
+    res->len = 0;
+    if (!t->has_decoder) {
+        for (size_t i = 0; i < a->n; i++) {
+            if (i) tok_buf_putc(res, ' ');
+            tok_buf_put(res, TOK(a, i), a->len[i]);
+        }
+    } else {
+        struct tlist *in = a, *out = &c->b;
+        for (int k = 0; k < t->n_decs; k++) {
+            int rc = run_decoder(t, &t->decs[k], c, in, out);
+            if (rc) return rc;
+            struct tlist *x = in;
+            in = out;
+            out = x;
+        }
+        for (size_t i = 0; i < in->n; i++) tok_buf_put(res, TOK(in, i), in->len[i]);
+    }
+    tok_buf_putc(res, 0);
+    *text = res->p;
+    *len = res->len - 1;
+    return 0;
+}
+
 int loom_tokenizer_decode(const struct loom_tokenizer *t, const int32_t *ids, int n_ids, bool skip_special_tokens,
                           char **text, size_t *len)
 {
     *text = NULL;
     if (len) *len = 0;
-    if (n_ids < 0 || (n_ids && !ids)) return loom_fail(LOOM_EINVAL, "tokenizer: bad id list");
-    struct tlist a = {0}, b = {0};
-    for (int i = 0; i < n_ids; i++) {
-        int32_t id = ids[i];
-        if (id < 0 || id >= t->vocab_size) {
-            tl_free(&a);
-            return loom_fail(LOOM_EINVAL, "tokenizer: token id %d is out of range [0, %d)", id, t->vocab_size);
-        }
-        int ai = t->added_by_id[id];
-        if (ai >= 0) {
-            if (skip_special_tokens && t->added[ai].special) continue;
-            tl_begin(&a, t->added[ai].content, t->added[ai].len);
-        } else if (id < t->bpe.n_ids && t->bpe.str[id]) {
-            tl_begin(&a, t->bpe.str[id], t->bpe.len[id]);
-        } /* an id with no token (a hole in the vocab) is skipped, as HF does */
+    struct tok_dec_ctx c;
+    memset(&c, 0, sizeof(c));
+    const char *s;
+    size_t n;
+    int rc = tok_decode_ctx(t, &c, ids, n_ids, skip_special_tokens, &s, &n);
+    if (!rc) {
+        *text = c.res.p; /* hand over the result buffer */
+        c.res.p = NULL;
+        if (len) *len = n;
     }
-    struct tok_buf res = {0};
-    int rc = 0;
-    if (!t->has_decoder) {
-        for (size_t i = 0; i < a.n; i++) {
-            if (i) tok_buf_putc(&res, ' ');
-            tok_buf_put(&res, TOK(&a, i), a.len[i]);
-        }
-    } else {
-        struct tok_matcher m = {0};
-        struct tlist *in = &a, *out = &b;
-        for (int k = 0; k < t->n_decs && !rc; k++) {
-            rc = run_decoder(t, &t->decs[k], &m, in, out);
-            struct tlist *x = in;
-            in = out;
-            out = x;
-        }
-        tok_matcher_free(&m);
-        for (size_t i = 0; i < in->n && !rc; i++) tok_buf_put(&res, TOK(in, i), in->len[i]);
-    }
-    tl_free(&a);
-    tl_free(&b);
-    if (rc) {
-        tok_buf_free(&res);
-        return rc;
-    }
-    tok_buf_putc(&res, 0);
-    *text = res.p;
-    if (len) *len = res.len - 1;
-    return 0;
+    c.res.cap = 0;
+    tok_buf_free(&c.res);
+    tl_free(&c.a);
+    tl_free(&c.b);
+    tok_buf_free(&c.bytes);
+    tok_buf_free(&c.run);
+    tok_matcher_free(&c.m);
+    tok_spanvec_free(&c.sv);
+    return rc;
 }

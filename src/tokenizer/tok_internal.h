@@ -72,6 +72,8 @@ struct tok_pattern {
 int tok_pattern_from_json(json_t *j, const char *what, struct tok_pattern *p);
 int tok_pattern_compile_regex(const char *src, size_t len, const char *what, struct tok_pattern *p);
 void tok_pattern_free(struct tok_pattern *p);
+/* memmem, linear also under sanitizers */
+const char *tok_memmem(const char *h, size_t hn, const char *needle, size_t nn);
 /* Per-thread matching state: match data, and a large JIT stack made on first need. */
 struct tok_matcher {
     pcre2_match_data *md;
@@ -338,5 +340,11 @@ int tok_bpe_word(struct tok_enc *e, const char *s, size_t n);
 /* decode.c */
 int tok_dec_load(struct loom_tokenizer *t, json_t *j);
 void tok_dec_free(struct tok_dec *d);
+/* Decoding with reusable scratch: *text points into ctx (valid until its next use). */
+struct tok_dec_ctx;
+struct tok_dec_ctx *tok_dec_ctx_new(void);
+void tok_dec_ctx_free(struct tok_dec_ctx *c);
+int tok_decode_ctx(const struct loom_tokenizer *t, struct tok_dec_ctx *c, const int32_t *ids, int n_ids,
+                   bool skip_special_tokens, const char **text, size_t *len);
 
 #endif

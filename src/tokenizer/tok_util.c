@@ -304,6 +304,21 @@ void tok_pattern_free(struct tok_pattern *p)
     memset(p, 0, sizeof(*p));
 }
 
+const char *tok_memmem(const char *h, size_t hn, const char *nd, size_t nn)
+{
+    /* memchr + memcmp: linear, and (unlike libc's memmem under AddressSanitizer, which checks the whole
+     * haystack on every call) linear in sanitizer builds too */
+    if (!nn) return h;
+    while (hn >= nn) {
+        const char *f = memchr(h, nd[0], hn - nn + 1);
+        if (!f) return NULL;
+        if (!memcmp(f + 1, nd + 1, nn - 1)) return f;
+        hn -= (size_t)(f + 1 - h);
+        h = f + 1;
+    }
+    return NULL;
+}
+
 void tok_matcher_free(struct tok_matcher *m)
 {
     if (m->md) pcre2_match_data_free(m->md);
@@ -317,7 +332,7 @@ int tok_pattern_find(const struct tok_pattern *p, struct tok_matcher *m, const c
 {
     if (!p->re) {
         if (!p->lit_len || from >= n) return 0;
-        const char *f = memmem(s + from, n - from, p->lit, p->lit_len);
+        const char *f = tok_memmem(s + from, n - from, p->lit, p->lit_len);
         if (!f) return 0;
         *ms = (size_t)(f - s);
         *me = *ms + p->lit_len;

@@ -237,10 +237,10 @@ static void post_process(struct tok_enc *e)
         for (int i = 0; i < pp->n_items; i++) {
             const struct tok_post_item *it = &pp->items[i];
             if (it->is_seq) {
-                memcpy(out + k, e->ids, e->n_ids * sizeof(int32_t));
+                if (e->n_ids) memcpy(out + k, e->ids, e->n_ids * sizeof(int32_t));
                 k += e->n_ids;
             } else {
-                memcpy(out + k, it->ids, (size_t)it->n_ids * sizeof(int32_t));
+                if (it->n_ids) memcpy(out + k, it->ids, (size_t)it->n_ids * sizeof(int32_t));
                 k += (size_t)it->n_ids;
             }
         }
@@ -499,6 +499,7 @@ int loom_tokenizer_load_json(const char *tokenizer_json, size_t len, const char 
         cfg = json_loadb(config_json, config_len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &err);
         if (!cfg) {
             json_decref(root);
+            if (fast) free(sec.rest);
             return loom_fail(LOOM_EINVAL, "tokenizer_config.json: invalid JSON at line %d column %d: %s", err.line,
                              err.column, err.text);
         }

@@ -48,13 +48,19 @@ const char *loom_tokenizer_config_json(const struct loom_tokenizer *t);
 struct loom_detok {
     const struct loom_tokenizer *tok;
     bool skip_special_tokens;
-    int32_t *ids; /* context + generated ids */
+    int32_t *ids; /* context + generated ids (less those decode drops: skipped special tokens) */
     int n_ids, cap_ids;
     int prefix_offset, read_offset; /* vLLM's scheme: text of ids[prefix..read) is already emitted */
     char *pending;                  /* text decoded but held back (it ends in U+FFFD: maybe an incomplete character) */
     size_t pending_len;
     char *out;                      /* the last delta (owned, NUL-terminated) */
     size_t out_cap;
+    void *scratch;                  /* private: decode buffers reused from push to push */
+    char *pre;                      /* private: text of ids[prefix..n) emitted so far (that of ids[prefix..read)
+                                     * plus whole characters emitted while a later one was incomplete) */
+    size_t pre_len, pre_cap;
+    bool pre_valid;
+    int stall;                      /* private: pushes since the text last grew while it ends in U+FFFD */
 };
 void loom_detok_init(struct loom_detok *d, const struct loom_tokenizer *t, bool skip_special_tokens,
                      const int32_t *prompt_ids, int n_prompt);

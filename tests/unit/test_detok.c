@@ -224,7 +224,91 @@ static void context(void)
     CHECK(loom_detok_push(&d, ids[1], &delta, &dl) == 0);
     CHECK_EQ_STR(delta, "world");
     loom_detok_free(&d);
+
+    /* long runs of skipped special tokens: the text is right, and the window does not grow with them */
+    int32_t run[300];
+    int nr = 0;
+    for (int k = 0; k < 100; k++) run[nr++] = 2; /* </s> */
+    run[nr++] = ids[0];
+    for (int k = 0; k < 150; k++) run[nr++] = 2;
+    run[nr++] = ids[1];
+    loom_detok_init(&d, t, true, NULL, 0);
+    char joined[64];
+    size_t jl = 0;
+    int widest = 0;
+    for (int k = 0; k <= nr; k++) {
+        int rc = k < nr ? loom_detok_push(&d, run[k], &delta, &dl) : loom_detok_flush(&d, &delta, &dl);
+        CHECK(rc == 0);
+        if (jl + dl < sizeof(joined)) memcpy(joined + jl, delta, dl);
+        jl += dl;
+        if (d.n_ids - d.prefix_offset > widest) widest = d.n_ids - d.prefix_offset;
+    }
+    CHECK_MSG(jl == 11 && !memcmp(joined, "Hello world", 11), "got \"%.*s\"", (int)jl, joined);
+    CHECK_MSG(widest <= 40, "the window grew to %d tokens", widest);
+    loom_detok_free(&d);
     free(ids);
+    loom_tokenizer_free(t);
+}
+
+/* GPT-2's byte -> character map, to write byte-level tokens */
+static size_t byte_chars(const unsigned char *b, size_t n, char *out)
+{
+    size_t l = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = 0, cp = -1;
+        for (int x = 0; x < 256; x++) {
+            bool keep = (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+            int c = keep ? x : 256 + k++;
+            if (x == b[i]) cp = c;
+        }
+        if (cp < 0x80) out[l++] = (char)cp;
+        else {
+            out[l++] = (char)(0xC0 | (cp >> 6));
+            out[l++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    out[l] = 0;
+    return l;
+}
+
+/* Byte-level tokens that each end inside a character ("你好世界" cut across characters): the text
+ * ends in U+FFFD after every push but the last, yet each whole character streams as soon as it is. */
+static void staggered(void)
+{
+    static const unsigned char parts[5][4] = {
+        {0xE4}, {0xBD, 0xA0, 0xE5}, {0xA5, 0xBD, 0xE4}, {0xB8, 0x96, 0xE7}, {0x95, 0x8C}};
+    static const int lens[5] = {1, 3, 3, 3, 2};
+    char json[1024], tok[16];
+    size_t l = (size_t)snprintf(json, sizeof(json), "{\"decoder\": {\"type\": \"ByteLevel\"}, \"model\": "
+                                                    "{\"type\": \"BPE\", \"merges\": [], \"vocab\": {");
+    for (int i = 0; i < 5; i++) {
+        byte_chars(parts[i], (size_t)lens[i], tok);
+        l += (size_t)snprintf(json + l, sizeof(json) - l, "%s\"%s\": %d", i ? ", " : "", tok, i);
+    }
+    snprintf(json + l, sizeof(json) - l, "}}}");
+    struct loom_tokenizer *t;
+    CHECK_MSG(loom_tokenizer_load_json(json, strlen(json), NULL, 0, &t) == 0, "%s", loom_last_error());
+    if (!t) return;
+    static const char *want[5] = {"", "你", "好", "世", "界"};
+    struct loom_detok d;
+    loom_detok_init(&d, t, false, NULL, 0);
+    for (int i = 0; i < 5; i++) {
+        const char *delta;
+        size_t dl;
+        CHECK(loom_detok_push(&d, i, &delta, &dl) == 0);
+        CHECK_MSG(dl == strlen(want[i]) && !memcmp(delta, want[i], dl), "push %d: \"%.*s\", want \"%s\"", i, (int)dl,
+                  delta, want[i]);
+    }
+    loom_detok_free(&d);
+    /* the same 10 times over: still exact, and the window stays bounded */
+    int32_t ids[60];
+    int n = 0;
+    for (int r = 0; r < 12; r++) {
+        ids[n++] = 0;
+        for (int i = 1; i < 4; i++) ids[n++] = i;
+        ids[n++] = 4;
+    }
+    stream(t, ids, 0, n, false, "staggered");
     loom_tokenizer_free(t);
 }
 
@@ -243,6 +327,7 @@ int main(void)
     run("models/stories260K", json_object_get(json_object_get(o2, "stories260K"), "encode"), "stories260K");
     byte_fallback();
     context();
+    staggered();
     json_decref(o);
     json_decref(o2);
     return test_report();
