@@ -22,18 +22,30 @@
 
 uint64_t tok_hash(const void *p, size_t n)
 {
+    /* fixed-size loads only (a variable-length copy of the tail into a local stalls the load that
+     * follows it); the tail is read as overlapping words */
     const uint8_t *s = p;
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
-    while (n >= 8) {
-        uint64_t v;
-        memcpy(&v, s, 8);
-        h = (h ^ v) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-        s += 8;
-        n -= 8;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull), v;
+    if (n >= 8) {
+        size_t len = n;
+        while (len > 8) {
+            memcpy(&v, s, 8);
+            h = (h ^ v) * 0xff51afd7ed558ccdull;
+            h ^= h >> 32;
+            s += 8;
+            len -= 8;
+        }
+        memcpy(&v, (const uint8_t *)p + n - 8, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        v = ((uint64_t)a << 32) | b;
+    } else if (n > 0) {
+        v = ((uint64_t)s[0] << 16) | ((uint64_t)s[n >> 1] << 8) | s[n - 1];
+    } else {
+        v = 0;
     }
-    uint64_t v = 0;
-    memcpy(&v, s, n);
     h = (h ^ v) * 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 29;
     h *= 0x94d049bb133111ebull;
@@ -616,21 +628,29 @@ static int merge_word(struct tok_enc *e, const char *s, size_t n);
 
 static int word_uncached(struct tok_enc *e, const char *s, size_t n, uint64_t h);
 
-int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
+/* The word cache of one encode call: key (a word, or for byte-level tokenizers the piece before its
+ * bytes are mapped: one tokenizer only ever uses one kind of key) -> the ids it gave. */
+bool tok_cache_get(struct tok_enc *e, const char *key, size_t n, uint64_t *hash)
 {
-    if (n == 0) return 0;
-    uint64_t h = tok_hash(s, n);
-    if (n > WC_MAX_WORD || ++e->n_words < WC_START) return word_uncached(e, s, n, h);
+    uint64_t h = *hash = tok_hash(key, n);
+    if (n > WC_MAX_WORD || ++e->n_words < WC_START) return false;
     if (!e->wc) e->wc = loom_calloc(WC_SLOTS, sizeof(*e->wc));
     struct tok_wcache_slot *c = &e->wc[(h >> 40) & (WC_SLOTS - 1)];
-    if (c->h == h && c->word_len == n && !memcmp(e->wc_words.p + c->word_off, s, n)) {
-        for (int i = 0; i < c->n_ids; i++) tok_enc_push(e, e->wc_ids[c->ids_off + (uint32_t)i]);
-        return 0;
+    if (c->h != h || c->word_len != n || memcmp(e->wc_words.p + c->word_off, key, n)) return false;
+    if (e->n_ids + c->n_ids > e->cap_ids) {
+        e->cap_ids = (e->n_ids + c->n_ids) * 2;
+        e->ids = loom_realloc(e->ids, e->cap_ids * sizeof(int32_t));
     }
-    size_t before = e->n_ids;
-    int rc = word_uncached(e, s, n, h);
-    size_t k = e->n_ids - before;
-    if (rc || k > WC_MAX_IDS) return rc;
+    memcpy(e->ids + e->n_ids, e->wc_ids + c->ids_off, (size_t)c->n_ids * sizeof(int32_t));
+    e->n_ids += c->n_ids;
+    return true;
+}
+
+void tok_cache_put(struct tok_enc *e, const char *key, size_t n, uint64_t h, size_t first_id)
+{
+    size_t k = e->n_ids - first_id;
+    if (!e->wc || n > WC_MAX_WORD || k > WC_MAX_IDS) return;
+    struct tok_wcache_slot *c = &e->wc[(h >> 40) & (WC_SLOTS - 1)];
     if (e->wc_words.len + n > WC_ARENA) { /* full: start over */
         memset(e->wc, 0, WC_SLOTS * sizeof(*e->wc));
         e->wc_words.len = 0;
@@ -645,10 +665,26 @@ int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
     c->word_len = (uint16_t)n;
     c->ids_off = (uint32_t)e->wc_n_ids;
     c->n_ids = (uint16_t)k;
-    tok_buf_put(&e->wc_words, s, n);
-    memcpy(e->wc_ids + e->wc_n_ids, e->ids + before, k * sizeof(int32_t));
+    tok_buf_put(&e->wc_words, key, n);
+    memcpy(e->wc_ids + e->wc_n_ids, e->ids + first_id, k * sizeof(int32_t));
     e->wc_n_ids += k;
-    return 0;
+}
+
+int tok_bpe_word(struct tok_enc *e, const char *s, size_t n)
+{
+    if (n == 0) return 0;
+    uint64_t h;
+    if (tok_cache_get(e, s, n, &h)) return 0;
+    size_t before = e->n_ids;
+    int rc = word_uncached(e, s, n, h);
+    if (!rc) tok_cache_put(e, s, n, h, before);
+    return rc;
+}
+
+int tok_bpe_word_nocache(struct tok_enc *e, const char *s, size_t n)
+{
+    if (n == 0) return 0;
+    return word_uncached(e, s, n, tok_hash(s, n));
 }
 
 static int word_uncached(struct tok_enc *e, const char *s, size_t n, uint64_t h)

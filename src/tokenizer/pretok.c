@@ -366,17 +366,30 @@ static int run_level(struct tok_enc *e, int depth, const char *s, size_t n, bool
             tok_span_push(sv, 0, (uint32_t)sn, false);
         }
         struct tok_buf *b = &e->lvl_b[depth];
+        /* the last step before the model: the cache takes the piece itself as key, so a word seen
+         * before skips the byte mapping as well as the merges */
+        bool last = depth + 1 == t->n_pretoks;
         for (size_t i = 0; i < sv->n; i++) {
             uint32_t x = sv->v[i].start, y = sv->v[i].end;
             if (x == y) continue;
+            uint64_t h = 0;
+            if (last && tok_cache_get(e, src + x, y - x, &h)) continue;
             b->len = 0;
-            tok_buf_reserve(b, (size_t)(y - x) * 2);
-            for (uint32_t k = x; k < y; k++) {
+            tok_buf_reserve(b, (size_t)(y - x) * 2 + 2);
+            char *o = b->p;
+            for (uint32_t k = x; k < y; k++) { /* 2-byte store, advance by the character's length */
                 uint8_t c = (uint8_t)src[k];
-                memcpy(b->p + b->len, t->byte_char[c], t->byte_char_len[c]);
-                b->len += t->byte_char_len[c];
+                memcpy(o, t->byte_char[c], 2);
+                o += t->byte_char_len[c];
             }
-            rc = run_level(e, depth + 1, b->p, b->len, at_start && x == 0);
+            b->len = (size_t)(o - b->p);
+            if (last) {
+                size_t before = e->n_ids;
+                rc = tok_bpe_word_nocache(e, b->p, b->len);
+                if (!rc) tok_cache_put(e, src + x, y - x, h, before);
+            } else {
+                rc = run_level(e, depth + 1, b->p, b->len, at_start && x == 0);
+            }
             if (rc) return rc;
         }
         return 0;

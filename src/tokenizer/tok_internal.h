@@ -336,6 +336,11 @@ void tok_bpe_free(struct tok_bpe *b);
 int32_t tok_bpe_lookup(const struct tok_bpe *b, const char *s, size_t n);
 /* BPE over one word; appends ids. */
 int tok_bpe_word(struct tok_enc *e, const char *s, size_t n);
+int tok_bpe_word_nocache(struct tok_enc *e, const char *s, size_t n);
+/* The per-call word cache: get pushes the ids of key and returns true, or returns false with the
+ * key's hash for put; put stores the ids pushed since first_id under key. */
+bool tok_cache_get(struct tok_enc *e, const char *key, size_t n, uint64_t *hash);
+void tok_cache_put(struct tok_enc *e, const char *key, size_t n, uint64_t h, size_t first_id);
 
 /* decode.c */
 int tok_dec_load(struct loom_tokenizer *t, json_t *j);
