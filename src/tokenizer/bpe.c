@@ -543,20 +543,23 @@ static void rq_add(struct tok_rank_queue *q, uint32_t rank, int32_t pos)
         }
         bi = (int32_t)q->n_buckets++;
         q->buckets[bi].rank = rank;
-        q->buckets[bi].head = q->buckets[bi].tail = -1;
+        q->buckets[bi].off = q->buckets[bi].len = q->buckets[bi].cap = 0;
         q->bucket_of[rank] = bi + 1;
         rq_heap_push(q, rank);
     }
-    if (q->n_nodes == q->cap_nodes) {
-        q->cap_nodes = q->cap_nodes ? q->cap_nodes * 2 : 1024;
-        q->nodes = loom_realloc(q->nodes, q->cap_nodes * sizeof(*q->nodes));
+    typeof(q->buckets[0]) *bk = &q->buckets[bi];
+    if (bk->len == bk->cap) { /* move to a block twice the size at the arena's end */
+        uint32_t cap = bk->cap ? bk->cap * 2 : 4;
+        if (q->n_arena + cap > q->cap_arena) {
+            q->cap_arena = (q->n_arena + cap) * 2;
+            q->arena = loom_realloc(q->arena, q->cap_arena * sizeof(int32_t));
+        }
+        if (bk->len) memcpy(q->arena + q->n_arena, q->arena + bk->off, bk->len * sizeof(int32_t));
+        bk->off = (uint32_t)q->n_arena;
+        bk->cap = cap;
+        q->n_arena += cap;
     }
-    int32_t ni = (int32_t)q->n_nodes++;
-    q->nodes[ni].pos = pos;
-    q->nodes[ni].next = -1;
-    if (q->buckets[bi].tail >= 0) q->nodes[q->buckets[bi].tail].next = ni;
-    else q->buckets[bi].head = ni;
-    q->buckets[bi].tail = ni;
+    q->arena[bk->off + bk->len++] = pos;
 }
 
 static int cmp_i32(const void *a, const void *b)
@@ -577,26 +580,24 @@ static void merge_long(struct tok_enc *e, int ns)
     struct tok_bpe_sym *sym = e->sym;
     struct tok_rank_queue *q = &e->rq;
     if (!q->bucket_of) q->bucket_of = loom_calloc(b->n_merges + 1, sizeof(int32_t));
-    q->n_buckets = q->n_nodes = q->n_heap = 0;
+    q->n_buckets = q->n_arena = q->n_heap = 0;
     for (int i = 0; i + 1 < ns; i++)
         if (sym[i].rank != UINT32_MAX) rq_add(q, sym[i].rank, i);
     bool fallback = false;
     while (q->n_heap && !fallback) {
         uint32_t r = rq_heap_pop(q);
         int32_t bi = q->bucket_of[r] - 1;
-        /* gather the bucket's positions */
-        size_t k = 0;
-        bool sorted = true;
-        for (int32_t ni = q->buckets[bi].head; ni >= 0; ni = q->nodes[ni].next) {
-            if (k == q->cap_tmp) {
-                q->cap_tmp = q->cap_tmp ? q->cap_tmp * 2 : 1024;
-                q->tmp = loom_realloc(q->tmp, q->cap_tmp * sizeof(int32_t));
-            }
-            q->tmp[k] = q->nodes[ni].pos;
-            if (k && q->tmp[k] < q->tmp[k - 1]) sorted = false;
-            k++;
+        /* take the bucket's positions (adding to other buckets may move the arena) */
+        size_t k = q->buckets[bi].len;
+        if (k > q->cap_tmp) {
+            q->cap_tmp = k * 2;
+            free(q->tmp);
+            q->tmp = loom_malloc(q->cap_tmp * sizeof(int32_t));
         }
-        q->buckets[bi].head = q->buckets[bi].tail = -1;
+        memcpy(q->tmp, q->arena + q->buckets[bi].off, k * sizeof(int32_t));
+        q->buckets[bi].len = 0;
+        bool sorted = true;
+        for (size_t x = 1; x < k && sorted; x++) sorted = q->tmp[x] > q->tmp[x - 1];
         if (!sorted) qsort(q->tmp, k, sizeof(int32_t), cmp_i32);
         for (size_t x = 0; x < k && !fallback; x++) {
             int i = q->tmp[x];

@@ -280,10 +280,10 @@ struct tok_bpe_sym {
 /* Long words: the pairs waiting to merge, grouped by rank (see bpe.c's merge_long). */
 struct tok_rank_queue {
     int32_t *bucket_of;  /* [n_merges] bucket index + 1 for a rank, 0 = none */
-    struct { uint32_t rank; int32_t head, tail; } *buckets;
+    struct { uint32_t rank, off, len, cap; } *buckets; /* positions: arena[off .. off + len) */
     size_t n_buckets, cap_buckets;
-    struct { int32_t pos, next; } *nodes; /* position lists, linked */
-    size_t n_nodes, cap_nodes;
+    int32_t *arena;      /* the buckets' position arrays (a full one moves to a doubled block) */
+    size_t n_arena, cap_arena;
     uint32_t *heap;      /* binary min-heap of ranks that have a bucket */
     size_t n_heap, cap_heap;
     int32_t *tmp;        /* the positions of the rank being merged */

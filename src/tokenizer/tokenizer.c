@@ -217,7 +217,7 @@ static void enc_free(struct tok_enc *e)
     free(e->heap);
     free(e->rq.bucket_of);
     free(e->rq.buckets);
-    free(e->rq.nodes);
+    free(e->rq.arena);
     free(e->rq.heap);
     free(e->rq.tmp);
     free(e->wc);

@@ -391,6 +391,105 @@ static void nfc_random(void)
     loom_tokenizer_free(q);
 }
 
+/* The merge loop against a plain reference (lowest rank first, leftmost on ties, one pair at a time) on
+ * random words of 1..400 characters, which exercise all three merge paths: short words, long words in
+ * rank buckets (merges in training order) and the binary-heap fallback (merges in random order). */
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(uint32_t n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng % n);
+}
+
+static void merges_reference(void)
+{
+    /* tokens: every string of 1..4 letters over "abc"; merges: random splits of random tokens */
+    char toks[200][8];
+    int nt = 0;
+    for (int len = 1; len <= 4; len++) {
+        int total = 1;
+        for (int k = 0; k < len; k++) total *= 3;
+        for (int x = 0; x < total; x++) {
+            int v = x;
+            for (int k = 0; k < len; k++) {
+                toks[nt][k] = (char)('a' + v % 3);
+                v /= 3;
+            }
+            toks[nt][len] = 0;
+            nt++;
+        }
+    }
+    for (int order = 0; order < 2; order++)
+        for (int trial = 0; trial < 6; trial++) {
+            /* merges: (left, right) with left+right a token; in training order (by length of the
+             * result, so parts exist before) or shuffled */
+            int ml[400], mr[400], nm = 0;
+            for (int i = 0; i < 300; i++) {
+                int t = 3 + (int)rnd((uint32_t)(nt - 3));
+                int len = (int)strlen(toks[t]), cut = 1 + (int)rnd((uint32_t)(len - 1));
+                int l = -1, r = -1;
+                for (int k = 0; k < nt; k++) {
+                    if ((int)strlen(toks[k]) == cut && !strncmp(toks[k], toks[t], (size_t)cut)) l = k;
+                    if (!strcmp(toks[k], toks[t] + cut)) r = k;
+                }
+                bool dup = false;
+                for (int k = 0; k < nm; k++) dup |= ml[k] == l && mr[k] == r;
+                if (!dup) ml[nm] = l, mr[nm] = r, nm++;
+            }
+            if (order == 0) /* training order: shorter results first */
+                for (int a = 0; a < nm; a++)
+                    for (int b = a + 1; b < nm; b++)
+                        if (strlen(toks[ml[b]]) + strlen(toks[mr[b]]) < strlen(toks[ml[a]]) + strlen(toks[mr[a]])) {
+                            int x = ml[a], y = mr[a];
+                            ml[a] = ml[b], mr[a] = mr[b], ml[b] = x, mr[b] = y;
+                        }
+            static char json[65536];
+            size_t l = (size_t)snprintf(json, sizeof(json), "{\"model\": {\"type\": \"BPE\", \"vocab\": {");
+            for (int k = 0; k < nt; k++) l += (size_t)snprintf(json + l, sizeof(json) - l, "%s\"%s\": %d", k ? ", " : "", toks[k], k);
+            l += (size_t)snprintf(json + l, sizeof(json) - l, "}, \"merges\": [");
+            for (int k = 0; k < nm; k++)
+                l += (size_t)snprintf(json + l, sizeof(json) - l, "%s[\"%s\", \"%s\"]", k ? ", " : "", toks[ml[k]], toks[mr[k]]);
+            snprintf(json + l, sizeof(json) - l, "]}}");
+            struct loom_tokenizer *t = make(json);
+            if (!t) return;
+            int bad = 0;
+            for (int w = 0; w < 60; w++) {
+                int n = 1 + (int)rnd(w < 30 ? 40 : 400);
+                char word[512];
+                int sym[512], ns = n;
+                for (int k = 0; k < n; k++) {
+                    word[k] = (char)('a' + rnd(3));
+                    sym[k] = word[k] - 'a'; /* ids 0..2 are "a" "b" "c" */
+                }
+                word[n] = 0;
+                for (;;) { /* reference */
+                    int best = -1, bi = -1;
+                    for (int k = 0; k + 1 < ns; k++)
+                        for (int m = 0; m < nm; m++)
+                            if (ml[m] == sym[k] && mr[m] == sym[k + 1] && (best < 0 || m < best)) best = m, bi = k;
+                    if (bi < 0) break;
+                    char cat[16];
+                    snprintf(cat, sizeof(cat), "%s%s", toks[ml[best]], toks[mr[best]]);
+                    for (int k = 0; k < nt; k++)
+                        if (!strcmp(toks[k], cat)) sym[bi] = k;
+                    memmove(sym + bi + 1, sym + bi + 2, (size_t)(ns - bi - 2) * sizeof(int));
+                    ns--;
+                }
+                int32_t *ids;
+                int ni;
+                CHECK(loom_tokenizer_encode(t, word, (size_t)n, false, &ids, &ni) == 0);
+                bool same = ni == ns;
+                for (int k = 0; same && k < ns; k++) same = ids[k] == sym[k];
+                if (!same && bad++ < 3) CHECK_MSG(0, "merges (%s order) on \"%s\": %d ids, reference %d", order ? "random" : "training", word, ni, ns);
+                free(ids);
+            }
+            CHECK_EQ_INT(bad, 0);
+            loom_tokenizer_free(t);
+        }
+}
+
 int main(void)
 {
     split_behaviors();
@@ -400,5 +499,6 @@ int main(void)
     post_processors();
     decoders();
     nfc_random();
+    merges_reference();
     return test_report();
 }
