@@ -42,8 +42,10 @@ const char *loom_tokenizer_config_json(const struct loom_tokenizer *t);
 
 /*
  * Incremental detokenizer: feed generated ids one at a time; each push returns the text that is now
- * final. Joined deltas equal loom_tokenizer_decode of all pushed ids (given the same prefix context),
- * byte for byte. Prompt ids give the decoder its left context (e.g. SentencePiece's leading-space rule).
+ * final: whole UTF-8 characters, never part of one. Joined deltas, with loom_detok_flush's at the end,
+ * equal loom_tokenizer_decode of all pushed ids (the text after the prompt's, with a prompt), byte for
+ * byte. Prompt ids give the decoder its left context (e.g. SentencePiece's leading-space rule).
+ * Each push decodes a window of a few ids: O(1) per token. Not thread-safe per object (one per sequence).
  */
 struct loom_detok {
     const struct loom_tokenizer *tok;
