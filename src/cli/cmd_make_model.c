@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "format/hf_config.h"
+#include "format/safetensors.h"
 #include "model/arch.h"
 
 #include <errno.h>
@@ -159,13 +160,6 @@ static int64_t spec_numel(const struct loom_weight_spec *s)
     return s->shape[0] * (s->ndim == 2 ? s->shape[1] : 1);
 }
 
-static int write_all(FILE *f, const void *p, size_t n, const char *path)
-{
-    if (n && fwrite(p, 1, n, f) != n)
-        return loom_fail(LOOM_EIO, "cannot write %s: %s (disk full?)", path, strerror(errno));
-    return 0;
-}
-
 /* Walks a shard's tensors in chunks of at most CHUNK_ELEMS elements. */
 struct chunk_cursor {
     const struct loom_weight_spec *specs;
@@ -199,42 +193,18 @@ static int write_shard(const char *path, const struct loom_weight_spec *specs, c
                        struct loom_progress *prog, long long *done)
 {
     const size_t esize = loom_dtype_size(dt);
-    /* header: the same layout as loom_safetensors_write (and the Python library): compact JSON padded
-     * with spaces to a multiple of 8 */
-    json_t *root = json_object();
-    json_t *meta = json_object();
-    json_object_set_new(meta, "format", json_string("pt"));
-    json_object_set_new(root, "__metadata__", meta);
-    int64_t off = 0;
-    for (int i = sh->first; i < sh->first + sh->count; i++) {
-        const struct loom_weight_spec *s = &specs[i];
-        int64_t nb = spec_numel(s) * (int64_t)esize;
-        json_t *e = json_object(), *shape = json_array(), *offs = json_array();
-        json_object_set_new(e, "dtype", json_string(loom_dtype_name(dt)));
-        for (int d = 0; d < s->ndim; d++) json_array_append_new(shape, json_integer(s->shape[d]));
-        json_object_set_new(e, "shape", shape);
-        json_array_append_new(offs, json_integer(off));
-        json_array_append_new(offs, json_integer(off + nb));
-        json_object_set_new(e, "data_offsets", offs);
-        json_object_set_new(root, s->name, e);
-        off += nb;
+    struct loom_st_tensor *ts = loom_calloc((size_t)(sh->count ? sh->count : 1), sizeof(*ts));
+    for (int i = 0; i < sh->count; i++) {
+        const struct loom_weight_spec *sp = &specs[sh->first + i];
+        ts[i].name = sp->name;
+        ts[i].dtype = dt;
+        ts[i].ndim = sp->ndim;
+        for (int d = 0; d < sp->ndim; d++) ts[i].shape[d] = sp->shape[d];
     }
-    char *hdr = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    size_t hlen = strlen(hdr), padded = (hlen + 7) & ~(size_t)7;
-
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(hdr);
-        return loom_fail(LOOM_EIO, "cannot create %s: %s", path, strerror(errno));
-    }
-    setvbuf(f, NULL, _IOFBF, 1 << 20);
-    uint8_t lenb[8];
-    for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int s = write_all(f, lenb, 8, path);
-    if (!s) s = write_all(f, hdr, hlen, path);
-    if (!s) s = write_all(f, "        ", padded - hlen, path);
-    free(hdr);
+    struct loom_st_writer *w;
+    int s = loom_st_writer_open(path, ts, sh->count, "{\"format\":\"pt\"}", &w);
+    free(ts);
+    if (s) return s;
     /* chunks in file order; chunk k+1 is generated on the worker threads while chunk k is written */
     struct chunk_cursor cc = {
         .specs = specs, .i = sh->first, .end = sh->first + sh->count, .dt = dt, .seed = seed, .std = std};
@@ -248,14 +218,14 @@ static int write_shard(const char *path, const struct loom_weight_spec *specs, c
         struct fill_job ready = cur;
         have = !s && next_chunk(&cc, bufs[b ^= 1], &cur);
         if (have) fill_start(g, &cur, threads);
-        if (!s) s = write_all(f, ready.out, ready.n * esize, path);
+        if (!s) s = loom_st_writer_write(w, ready.out, ready.n * esize);
         *done += (long long)(ready.n * esize);
         loom_progress_update(prog, *done);
     }
     fill_join(g);
     free(g);
-    if (fclose(f) != 0 && !s) s = loom_fail(LOOM_EIO, "cannot write %s: %s", path, strerror(errno));
-    return s;
+    int c = loom_st_writer_close(w);
+    return s ? s : c;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -496,8 +496,17 @@ const struct loom_st_tensor *loom_safetensors_find(const struct loom_safetensors
 /* ---------------------------------------------------------------------------------------------- */
 /* Writer */
 
-int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensors, int n,
-                           const char *metadata_json)
+struct loom_st_writer {
+    FILE *f;
+    char *path;
+    uint64_t declared, written; /* bytes of tensor data: in the header, and appended so far */
+    int status;                 /* first failure, kept for loom_st_writer_close */
+};
+
+/* The header: compact JSON, "__metadata__" first, then the tensors in the order given with
+ * back-to-back data_offsets; *data_bytes gets the total. */
+static int build_header(const char *path, const struct loom_st_tensor *tensors, int n,
+                        const char *metadata_json, char **out, uint64_t *data_bytes)
 {
     json_t *root = json_object();
     if (metadata_json) {
@@ -541,8 +550,20 @@ int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensor
         json_object_set_new(root, t->name, e);
         off += nbytes;
     }
-    char *hdr = json_dumps(root, JSON_COMPACT);
+    *out = json_dumps(root, JSON_COMPACT);
     json_decref(root);
+    *data_bytes = (uint64_t)off;
+    return 0;
+}
+
+int loom_st_writer_open(const char *path, const struct loom_st_tensor *tensors, int n,
+                        const char *metadata_json, struct loom_st_writer **out)
+{
+    *out = NULL;
+    char *hdr;
+    uint64_t declared;
+    int s = build_header(path, tensors, n, metadata_json, &hdr, &declared);
+    if (s) return s;
     size_t hlen = strlen(hdr), padded = (hlen + 7) & ~(size_t)7;
 
     FILE *f = fopen(path, "wb");
@@ -550,18 +571,66 @@ int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensor
         free(hdr);
         return loom_fail(LOOM_EIO, "cannot create %s: %s", path, strerror(errno));
     }
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
     uint8_t lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    bool ok = fwrite(lenb, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
-    for (size_t i = hlen; i < padded && ok; i++) ok = fputc(' ', f) != EOF;
+    bool ok = fwrite(lenb, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen &&
+              fwrite("        ", 1, padded - hlen, f) == padded - hlen; /* spaces to 8-byte alignment */
     free(hdr);
-    for (int i = 0; i < n && ok; i++) {
+    if (!ok) {
+        s = loom_fail(LOOM_EIO, "cannot write %s: %s (disk full?)", path, strerror(errno));
+        fclose(f);
+        return s;
+    }
+    struct loom_st_writer *w = loom_calloc(1, sizeof(*w));
+    w->f = f;
+    w->path = loom_strdup(path);
+    w->declared = declared;
+    *out = w;
+    return 0;
+}
+
+int loom_st_writer_write(struct loom_st_writer *w, const void *bytes, size_t n)
+{
+    if (w->status) return w->status;
+    if (n > w->declared - w->written)
+        return w->status =
+                   loom_fail(LOOM_EINVAL,
+                             "writing %s: %zu more bytes after %llu would pass the %llu bytes of "
+                             "tensor data the header declares; write each tensor's exact size",
+                             w->path, n, (unsigned long long)w->written, (unsigned long long)w->declared);
+    if (n && fwrite(bytes, 1, n, w->f) != n)
+        return w->status = loom_fail(LOOM_EIO, "cannot write %s: %s (disk full?)", w->path, strerror(errno));
+    w->written += n;
+    return 0;
+}
+
+int loom_st_writer_close(struct loom_st_writer *w)
+{
+    if (!w) return 0;
+    int s = w->status;
+    if (!s && w->written != w->declared)
+        s = loom_fail(LOOM_EINVAL,
+                      "writing %s: closed after %llu of the %llu bytes of tensor data the header declares; "
+                      "the file is truncated",
+                      w->path, (unsigned long long)w->written, (unsigned long long)w->declared);
+    if (fclose(w->f) != 0 && !s) s = loom_fail(LOOM_EIO, "cannot write %s: %s", w->path, strerror(errno));
+    free(w->path);
+    free(w);
+    return s;
+}
+
+int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensors, int n,
+                           const char *metadata_json)
+{
+    struct loom_st_writer *w;
+    int s = loom_st_writer_open(path, tensors, n, metadata_json, &w);
+    if (s) return s;
+    for (int i = 0; i < n && !s; i++) {
         int64_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++) numel *= tensors[i].shape[d];
-        size_t nb = (size_t)numel * loom_dtype_size(tensors[i].dtype);
-        if (nb) ok = fwrite(tensors[i].data, 1, nb, f) == nb;
+        s = loom_st_writer_write(w, tensors[i].data, (size_t)numel * loom_dtype_size(tensors[i].dtype));
     }
-    if (fclose(f) != 0) ok = false;
-    if (!ok) return loom_fail(LOOM_EIO, "cannot write %s: %s", path, strerror(errno));
-    return 0;
+    int c = loom_st_writer_close(w);
+    return s ? s : c;
 }

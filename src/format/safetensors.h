@@ -5,7 +5,7 @@
  * untrusted: every offset, shape and dtype is checked against the file size before any tensor is
  * visible; overlapping or out-of-range data, bad JSON, and size/shape mismatches are LOOM_EINVAL
  * with a message naming the file and the tensor. Tensor data stays in the page cache (mmap).
- * Also a writer, used by `loom make-model` and by tests.
+ * Also a writer: whole-file (tests), or streaming tensor by tensor (`loom make-model`).
  */
 #ifndef LOOM_FORMAT_SAFETENSORS_H
 #define LOOM_FORMAT_SAFETENSORS_H
@@ -50,5 +50,18 @@ void loom_st_header_free(struct loom_st_header *h);
 /* Writer: tensors in the order given; data is copied from each tensor's data pointer. */
 int loom_safetensors_write(const char *path, const struct loom_st_tensor *tensors, int n,
                            const char *metadata_json /* nullable, e.g. {"format":"pt"} */);
+
+/* Streaming writer, for files larger than memory. open writes the header for specs[0..n) (name, dtype,
+ * ndim, shape; data, numel and nbytes unused; metadata_json as above): compact JSON padded with spaces
+ * to a multiple of 8 bytes, data_offsets back to back in the order given. write appends tensor data in
+ * that order, in pieces of any size; more bytes than the header declares is LOOM_EINVAL, and the writer
+ * then refuses every later write. close frees the writer and returns its first failure, or LOOM_EINVAL
+ * if fewer bytes were written than declared (the file is left truncated), or LOOM_EIO. The file is
+ * byte-identical to loom_safetensors_write's for the same tensors. */
+struct loom_st_writer;
+int loom_st_writer_open(const char *path, const struct loom_st_tensor *specs, int n,
+                        const char *metadata_json, struct loom_st_writer **out);
+int loom_st_writer_write(struct loom_st_writer *w, const void *bytes, size_t n);
+int loom_st_writer_close(struct loom_st_writer *w); /* NULL: returns 0 */
 
 #endif

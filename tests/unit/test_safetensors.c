@@ -1,8 +1,9 @@
 /*
  * test_safetensors.c: the safetensors reader against every model in ../shared/models (tensor names,
  * shapes and dtypes checked against model/arch.c's spec list and the config; spot values checked
- * against bytes read with Python), the writer's round trip, and malformed files and sharded
- * folders built in a temp dir, each of which must fail with a message, never crash.
+ * against bytes read with Python), the writer's round trip, the streaming writer (the same bytes; too
+ * many or too few refused), and malformed files and sharded folders built in a temp dir, each of which
+ * must fail with a message, never crash.
  */
 #include "core/error.h"
 #include "core/util.h"
@@ -200,6 +201,101 @@ static void test_writer_round_trip(void)
     struct loom_st_tensor twice[2] = {ts[0], ts[0]};
     CHECK(loom_safetensors_write(path, twice, 2, NULL) == LOOM_EINVAL);
     CHECK(strstr(loom_last_error(), "a.weight") != NULL);
+}
+
+/* The streaming writer: pieces of any size give the same bytes as loom_safetensors_write; too many
+ * or too few bytes fail with a message naming the file and the byte counts. */
+static void test_stream_writer(void)
+{
+    float a[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
+    uint16_t b[4] = {0x3f80, 0xc000, 0x0000, 0x7f80};
+    struct loom_st_tensor ts[3] = {
+        {.name = "a.weight", .dtype = LOOM_DTYPE_F32, .ndim = 2, .shape = {2, 3}, .data = a},
+        {.name = "empty", .dtype = LOOM_DTYPE_F16, .ndim = 2, .shape = {0, 5}, .data = NULL},
+        {.name = "b", .dtype = LOOM_DTYPE_BF16, .ndim = 1, .shape = {4}, .data = b},
+    };
+    uint8_t all[32];
+    memcpy(all, a, 24);
+    memcpy(all + 24, b, 8);
+    char whole[512], path[512];
+    snprintf(whole, sizeof(whole), "%s/whole.safetensors", tmpdir);
+    snprintf(path, sizeof(path), "%s/stream.safetensors", tmpdir);
+    CHECK(loom_safetensors_write(whole, ts, 3, "{\"format\":\"pt\"}") == 0);
+
+    /* specs only (data ignored), data in pieces that cross tensor boundaries: 5 + 0 + 22 + 5 bytes */
+    struct loom_st_tensor specs[3] = {ts[0], ts[1], ts[2]};
+    for (int i = 0; i < 3; i++) specs[i].data = NULL;
+    struct loom_st_writer *w;
+    int s = loom_st_writer_open(path, specs, 3, "{\"format\":\"pt\"}", &w);
+    CHECK_MSG(s == 0, "open: %s", loom_last_error());
+    if (s) return;
+    CHECK(loom_st_writer_write(w, all, 5) == 0);
+    CHECK(loom_st_writer_write(w, all + 5, 0) == 0);
+    CHECK(loom_st_writer_write(w, all + 5, 22) == 0);
+    CHECK(loom_st_writer_write(w, all + 27, 5) == 0);
+    s = loom_st_writer_close(w);
+    CHECK_MSG(s == 0, "close: %s", loom_last_error());
+
+    char *r1, *r2;
+    size_t l1, l2;
+    CHECK(loom_read_file(whole, &r1, &l1) == 0);
+    CHECK(loom_read_file(path, &r2, &l2) == 0);
+    CHECK(l1 == l2 && !memcmp(r1, r2, l1)); /* byte-identical to the whole-file writer */
+    uint64_t hlen = 0;
+    memcpy(&hlen, r2, 8);
+    CHECK_EQ_INT(hlen % 8, 0);
+    CHECK_EQ_INT(l2, 8 + hlen + 32);
+    free(r1);
+    free(r2);
+
+    struct loom_safetensors *st;
+    s = loom_safetensors_open(path, &st);
+    CHECK_MSG(s == 0, "reopen: %s", loom_last_error());
+    if (!s) {
+        CHECK_EQ_INT(loom_safetensors_count(st), 3);
+        CHECK_EQ_STR(loom_safetensors_at(st, 2)->name, "b");
+        const struct loom_st_tensor *t = loom_safetensors_find(st, "a.weight");
+        CHECK(t && t->dtype == LOOM_DTYPE_F32 && t->nbytes == 24 && !memcmp(t->data, a, 24));
+        t = loom_safetensors_find(st, "b");
+        CHECK(t && t->dtype == LOOM_DTYPE_BF16 && t->nbytes == 8 && !memcmp(t->data, b, 8));
+        t = loom_safetensors_find(st, "empty");
+        CHECK(t && t->numel == 0 && t->nbytes == 0);
+        loom_safetensors_close(st);
+    }
+
+    /* too many bytes: the write that passes the end fails, so do later writes and close */
+    snprintf(path, sizeof(path), "%s/over.safetensors", tmpdir);
+    CHECK(loom_st_writer_open(path, specs, 3, NULL, &w) == 0);
+    CHECK(loom_st_writer_write(w, all, 30) == 0);
+    s = loom_st_writer_write(w, all, 3);
+    CHECK_EQ_INT(s, LOOM_EINVAL);
+    CHECK_MSG(strstr(loom_last_error(), "over.safetensors") && strstr(loom_last_error(), "32 bytes"),
+              "message: %s", loom_last_error());
+    CHECK_EQ_INT(loom_st_writer_write(w, all, 2), LOOM_EINVAL); /* would fit, but the writer has failed */
+    CHECK_EQ_INT(loom_st_writer_close(w), LOOM_EINVAL);
+
+    /* too few bytes: close fails, and the truncated file does not open */
+    snprintf(path, sizeof(path), "%s/under.safetensors", tmpdir);
+    CHECK(loom_st_writer_open(path, specs, 3, NULL, &w) == 0);
+    CHECK(loom_st_writer_write(w, all, 31) == 0);
+    s = loom_st_writer_close(w);
+    CHECK_EQ_INT(s, LOOM_EINVAL);
+    CHECK_MSG(strstr(loom_last_error(), "under.safetensors") && strstr(loom_last_error(), "31 of the 32"),
+              "message: %s", loom_last_error());
+    if (getenv("LOOM_TEST_VERBOSE")) printf("too few bytes: %s\n", loom_last_error());
+    CHECK(loom_safetensors_open(path, &st) == LOOM_EINVAL);
+
+    /* open refuses what loom_safetensors_write refuses, creating no writer */
+    struct loom_st_tensor twice[2] = {specs[0], specs[0]};
+    w = (struct loom_st_writer *)1;
+    CHECK_EQ_INT(loom_st_writer_open(path, twice, 2, NULL, &w), LOOM_EINVAL);
+    CHECK(w == NULL);
+    CHECK(strstr(loom_last_error(), "a.weight") != NULL);
+    CHECK_EQ_INT(loom_st_writer_open(path, specs, 3, "[1]", &w), LOOM_EINVAL);
+    snprintf(path, sizeof(path), "%s/no/such/dir/x.safetensors", tmpdir);
+    CHECK_EQ_INT(loom_st_writer_open(path, specs, 3, NULL, &w), LOOM_EIO);
+    CHECK(strstr(loom_last_error(), "no/such/dir") != NULL);
+    CHECK_EQ_INT(loom_st_writer_close(NULL), 0);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -495,6 +591,7 @@ int main(void)
     }
     test_shared_models();
     test_writer_round_trip();
+    test_stream_writer();
     test_malformed();
     test_shards();
     test_many();
