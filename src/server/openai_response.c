@@ -7,6 +7,7 @@
 #include "server/openai.h"
 
 #include "core/error.h"
+#include "core/utf8.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -108,42 +109,17 @@ void loom_api_make_id(char *buf, size_t size, const char *prefix)
 /* ---------------------------------------------------------------------------------------------- */
 /* UTF-8 */
 
-/* Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates, <= U+10FFFF), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned min;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < len) return 0;
-    unsigned cp = c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 char *loom_api_utf8_repair(const char *s, size_t len, size_t *out_len)
 {
-    const unsigned char *u = (const unsigned char *)s;
     struct loom_buf b = {0};
     loom_buf_append(&b, "", 0);
     size_t i = 0, run = 0;
     while (i < len) {
-        size_t k = utf8_seq(u + i, len - i);
-        if (k) {
-            i += k;
-            run += k;
+        uint32_t cp;
+        int k = loom_utf8_decode(s + i, len - i, &cp);
+        if (k > 0) {
+            i += (size_t)k;
+            run += (size_t)k;
             continue;
         }
         loom_buf_append(&b, s + i - run, run);

@@ -336,7 +336,7 @@ int tok_bpe_load(struct loom_tokenizer *t, json_t *model, const struct tok_json_
     }
     for (uint32_t cp = 0; cp < TOK_CHAR_FAST; cp++) {
         char u[4];
-        int l = tok_utf8_encode(cp, u);
+        int l = loom_utf8_encode(cp, u);
         b->char_ids[cp] = tok_bpe_lookup(b, u, (size_t)l);
     }
 

@@ -24,9 +24,10 @@ static int one_char(json_t *v, uint32_t *cp, const char *what)
 {
     const char *s = json_string_value(v);
     size_t n = json_string_length(v);
-    int l = s && n ? tok_utf8_len((const uint8_t *)s, n) : 0;
-    if (!l || (size_t)l != n) return loom_fail(LOOM_EINVAL, "tokenizer.json: %s must be one character", what);
-    *cp = tok_utf8_decode((const uint8_t *)s, &l);
+    uint32_t c = 0;
+    int l = s ? loom_utf8_decode(s, n, &c) : -1;
+    if (l < 0 || (size_t)l != n) return loom_fail(LOOM_EINVAL, "tokenizer.json: %s must be one character", what);
+    *cp = c;
     return 0;
 }
 
@@ -264,7 +265,7 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
                 continue;
             }
             if (run->len) {
-                if (tok_utf8_validate((const uint8_t *)run->p, run->len) == run->len) {
+                if (loom_utf8_validate(run->p, run->len) == run->len) {
                     tl_begin(out, run->p, run->len);
                 } else {
                     for (size_t k = 0; k < run->len; k++) tl_begin(out, fffd, 3);
@@ -281,7 +282,7 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
         return 0;
     case TD_STRIP: {
         char ch[4];
-        int cl = tok_utf8_encode(d->ch, ch);
+        int cl = loom_utf8_encode(d->ch, ch);
         for (size_t i = 0; i < in->n; i++) {
             const char *s = TOK(in, i);
             size_t a = 0, b = in->len[i];
@@ -294,7 +295,7 @@ static int run_decoder(const struct loom_tokenizer *t, const struct tok_dec *d, 
     }
     case TD_METASPACE: {
         char ch[4];
-        int cl = tok_utf8_encode(d->ch, ch);
+        int cl = loom_utf8_encode(d->ch, ch);
         for (size_t i = 0; i < in->n; i++) {
             const char *s = TOK(in, i);
             size_t n = in->len[i], k = 0, run = 0;

@@ -14,6 +14,7 @@
  */
 #include "tokenizer/jinja.h"
 #include "core/error.h"
+#include "core/utf8.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -150,68 +151,6 @@ static int u8_dec(const unsigned char *s, size_t n, uint32_t *cp)
     *cp = ((uint32_t)(s[0] & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) | ((uint32_t)(s[2] & 0x3F) << 6) |
           (s[3] & 0x3F);
     return 4;
-}
-
-static int u8_enc(uint32_t cp, char *o)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-static bool u8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        int len;
-        uint32_t cp, min;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-            min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-            min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-            min = 0x10000;
-        } else {
-            return false;
-        }
-        if (i + (size_t)len > n) return false;
-        for (int k = 1; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-        i += len;
-    }
-    return true;
 }
 
 static bool is_ascii(const char *s, size_t n)
@@ -881,7 +820,7 @@ static void lx_unescape(struct lexer *L, const char *s, size_t n, struct tok *t)
             i += want;
             if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
                 fail_at(L->err, t->line, "invalid \\%c escape U+%X in a string literal", e, cp);
-            k += u8_enc(cp, o + k);
+            k += loom_utf8_encode(cp, o + k);
             break;
         }
         case 'N': fail_at(L->err, t->line, "\\N{...} escapes are not supported");
@@ -889,7 +828,7 @@ static void lx_unescape(struct lexer *L, const char *s, size_t n, struct tok *t)
             if (e >= '0' && e <= '7') {
                 uint32_t cp = e - '0';
                 for (int d = 0; d < 2 && i < n && s[i] >= '0' && s[i] <= '7'; d++) cp = cp * 8 + (uint32_t)(s[i++] - '0');
-                k += u8_enc(cp, o + k);
+                k += loom_utf8_encode(cp, o + k);
             } else if (e >= 0x80) {
                 /* backslashreplace turned the character into \xhh, \uhhhh or \Uhhhhhhhh: the pair of
                  * backslashes decodes to one and the rest stays as text */
@@ -2303,7 +2242,7 @@ static void sb_putc(struct rctx *c, struct sbuf *b, char ch)
 static void sb_cp(struct rctx *c, struct sbuf *b, uint32_t cp)
 {
     char t[4];
-    sb_put(c, b, t, (size_t)u8_enc(cp, t));
+    sb_put(c, b, t, (size_t)loom_utf8_encode(cp, t));
 }
 static LOOM_PRINTF(3, 4) void sb_printf(struct rctx *c, struct sbuf *b, const char *fmt, ...)
 {
@@ -3378,7 +3317,7 @@ static struct val py_percent(struct rctx *c, struct val fmt, struct val args)
                 int64_t cp = num_i(arg);
                 if (cp < 0 || cp > 0x10FFFF) rfail(c, "%%c arg not in range(0x110000)");
                 char t[4];
-                fmt_pad(c, &b, t, (size_t)u8_enc((uint32_t)cp, t), width, left, ' ');
+                fmt_pad(c, &b, t, (size_t)loom_utf8_encode((uint32_t)cp, t), width, left, ' ');
                 break;
             }
             int64_t v = arg.t == V_FLOAT ? (int64_t)arg.fl : num_i(arg);
@@ -5942,7 +5881,7 @@ static struct val from_json(struct rctx *c, json_t *j, int depth)
         json_t *v;
         json_object_foreach(j, key, v)
         {
-            if (!u8_valid(key, strlen(key))) rfail(c, "input data holds a key that is not valid UTF-8");
+            if (!loom_utf8_valid(key, strlen(key))) rfail(c, "input data holds a key that is not valid UTF-8");
             /* keys are unique in a json_t: append without searching */
             if (d->n == d->cap) dict_set(c, d, vstr(key, strlen(key)), from_json(c, v, depth + 1));
             else {
@@ -5960,7 +5899,7 @@ static struct val from_json(struct rctx *c, json_t *j, int depth)
         return l;
     }
     case JSON_STRING:
-        if (!u8_valid(json_string_value(j), json_string_length(j))) rfail(c, "input data holds a string that is not valid UTF-8");
+        if (!loom_utf8_valid(json_string_value(j), json_string_length(j))) rfail(c, "input data holds a string that is not valid UTF-8");
         charge(c, json_string_length(j) / 4096);
         return vstr(json_string_value(j), json_string_length(j));
     case JSON_INTEGER: return vint((int64_t)json_integer_value(j));
@@ -6016,7 +5955,7 @@ int loom_jinja_parse(const char *src, size_t len, const struct loom_jinja_option
     else
         loom_jinja_options_default(&def);
     *out = NULL;
-    if (!u8_valid(src, len)) return loom_fail(LOOM_EINVAL, "chat template is not valid UTF-8");
+    if (!loom_utf8_valid(src, len)) return loom_fail(LOOM_EINVAL, "chat template is not valid UTF-8");
     struct jerr *err = calloc(1, sizeof(*err));
     struct loom_jinja_template *t = calloc(1, sizeof(*t));
     if (!err || !t) LOOM_DIE("out of memory");

@@ -211,7 +211,7 @@ static int apply(struct tok_enc *e, const struct tok_norm *nm, const char *s, si
                 tok_buf_put(out, "i\xcc\x87", 3);
             } else {
                 uint32_t lc = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
-                tok_buf_put(out, u, (size_t)tok_utf8_encode(lc, u));
+                tok_buf_put(out, u, (size_t)loom_utf8_encode(lc, u));
             }
             i += (size_t)l;
         }

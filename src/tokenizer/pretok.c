@@ -32,7 +32,7 @@ void tok_bytelevel_init(struct loom_tokenizer *t)
     for (int b = 0; b < 256; b++) {
         bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         uint32_t cp = keep ? (uint32_t)b : (uint32_t)(256 + n++);
-        t->byte_char_len[b] = (uint8_t)tok_utf8_encode(cp, t->byte_char[b]);
+        t->byte_char_len[b] = (uint8_t)loom_utf8_encode(cp, t->byte_char[b]);
         t->byte_of_char[cp] = (uint8_t)b;
         t->is_byte_char[cp] = true;
     }
@@ -56,9 +56,10 @@ static int set_char(struct tok_pretok *p, json_t *v, const char *what)
 {
     const char *s = json_string_value(v);
     size_t n = json_string_length(v);
-    int l = s && n ? tok_utf8_len((const uint8_t *)s, n) : 0;
-    if (!l || (size_t)l != n) return loom_fail(LOOM_EINVAL, "tokenizer.json: %s must be one character", what);
-    p->replacement = tok_utf8_decode((const uint8_t *)s, &l);
+    uint32_t c = 0;
+    int l = s ? loom_utf8_decode(s, n, &c) : -1;
+    if (l < 0 || (size_t)l != n) return loom_fail(LOOM_EINVAL, "tokenizer.json: %s must be one character", what);
+    p->replacement = c;
     memcpy(p->rep_utf8, s, (size_t)l);
     p->rep_len = l;
     return 0;

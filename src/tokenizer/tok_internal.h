@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 /* ---- small growable byte buffer ---- */
@@ -34,14 +35,9 @@ static inline void tok_buf_putc(struct tok_buf *b, char c)
 }
 void tok_buf_free(struct tok_buf *b);
 
-/* ---- UTF-8 helpers ---- */
-/* Length of the valid UTF-8 character at s (n bytes available), or 0 if invalid/incomplete. */
-int tok_utf8_len(const uint8_t *s, size_t n);
+/* ---- UTF-8 helpers (encode, strict decode and validation: core/utf8.h) ---- */
 /* Decodes the (already validated) character at s, sets *len. */
 uint32_t tok_utf8_decode(const uint8_t *s, int *len);
-int tok_utf8_encode(uint32_t cp, char *out); /* returns 1..4 */
-/* Offset of the first invalid byte of s, or n if s is valid UTF-8. */
-size_t tok_utf8_validate(const uint8_t *s, size_t n);
 /* Rust's String::from_utf8_lossy: each maximal invalid subpart becomes U+FFFD. Appends to out. */
 void tok_utf8_lossy(const uint8_t *s, size_t n, struct tok_buf *out);
 /* Rust char::is_whitespace (the Unicode White_Space property). */

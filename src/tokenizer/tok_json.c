@@ -84,7 +84,7 @@ static int str(struct scan *s, struct tok_buf *out)
             }
             if (out) {
                 char u[4];
-                tok_buf_put(out, u, (size_t)tok_utf8_encode(v, u));
+                tok_buf_put(out, u, (size_t)loom_utf8_encode(v, u));
             }
             run = s->p;
             continue;
@@ -239,7 +239,7 @@ int tok_json_vocab(const struct tok_json_sections *j, int (*fn)(void *ctx, const
         while (s.p < s.end && *s.p >= '0' && *s.p <= '9' && v < 0x7fffffff) v = v * 10 + (*s.p++ - '0');
         if (s.p == st || (s.p - st > 1 && *st == '0') || v > 0x7ffffff0) break;
         if (s.p < s.end && (*s.p == '.' || *s.p == 'e' || *s.p == 'E')) break;
-        if (tok_utf8_validate((const uint8_t *)key.p, key.len) != key.len) break;
+        if (loom_utf8_validate(key.p, key.len) != key.len) break;
         if (fn(ctx, key.p ? key.p : "", key.len, v)) break;
         ws(&s);
         if (s.p >= s.end) break;
@@ -289,8 +289,8 @@ int tok_json_merges(const struct tok_json_sections *j,
         } else {
             break;
         }
-        if (tok_utf8_validate((const uint8_t *)a.p, a.len) != a.len ||
-            tok_utf8_validate((const uint8_t *)b.p, b.len) != b.len)
+        if (loom_utf8_validate(a.p, a.len) != a.len ||
+            loom_utf8_validate(b.p, b.len) != b.len)
             break;
         if (fn(ctx, a.p ? a.p : "", a.len, b.p ? b.p : "", b.len, pair)) {
             rc = -2; /* the callback failed (its message is set) */

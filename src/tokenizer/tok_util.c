@@ -1,6 +1,7 @@
 /*
- * tok_util.c: what the tokenizer files share: growable buffers, UTF-8 (validation, Rust's lossy
- * conversion), Unicode whitespace, and patterns: tokenizer.json's {"String": ...} (a literal) or
+ * tok_util.c: what the tokenizer files share: growable buffers, UTF-8 (the unchecked decoder and
+ * Rust's lossy conversion; strict decoding and validation are in core/utf8.c), Unicode whitespace, and
+ * patterns: tokenizer.json's {"String": ...} (a literal) or
  * {"Regex": ...} (an Oniguruma regex, run here by pcre2 with JIT after translating the few escapes
  * whose meaning differs: \s \S \h \H, and (?m)), with HF's find_iter semantics for empty matches.
  * Does not do: Oniguruma-only syntax beyond those (class intersection &&, \K in lookbehind...).
@@ -55,29 +56,6 @@ void tok_spanvec_free(struct tok_spanvec *sv)
 /* ---------------------------------------------------------------------------------------------- */
 /* UTF-8 */
 
-int tok_utf8_len(const uint8_t *s, size_t n)
-{
-    if (!n) return 0;
-    uint8_t c = s[0];
-    if (c < 0x80) return 1;
-    int len;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 0;
-    if (n < (size_t)len) return 0;
-    if (s[1] < lo || s[1] > hi) return 0;
-    for (int i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
-    return len;
-}
-
 uint32_t tok_utf8_decode(const uint8_t *s, int *len)
 {
     uint8_t c = s[0];
@@ -98,53 +76,6 @@ uint32_t tok_utf8_decode(const uint8_t *s, int *len)
            (s[3] & 0x3F);
 }
 
-int tok_utf8_encode(uint32_t cp, char *o)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-size_t tok_utf8_validate(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        /* ASCII fast path, 8 bytes at a time */
-        while (i + 8 <= n) {
-            uint64_t v;
-            memcpy(&v, s + i, 8);
-            if (v & 0x8080808080808080ull) break;
-            i += 8;
-        }
-        if (i >= n) break;
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        int l = tok_utf8_len(s + i, n - i);
-        if (!l) return i;
-        i += (size_t)l;
-    }
-    return n;
-}
-
 void tok_utf8_lossy(const uint8_t *s, size_t n, struct tok_buf *out)
 {
     static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
@@ -156,8 +87,9 @@ void tok_utf8_lossy(const uint8_t *s, size_t n, struct tok_buf *out)
             i++;
             continue;
         }
-        int l = tok_utf8_len(s + i, n - i);
-        if (l) {
+        uint32_t cp;
+        int l = loom_utf8_decode((const char *)s + i, n - i, &cp);
+        if (l > 0) {
             i += (size_t)l;
             continue;
         }
@@ -387,8 +319,9 @@ int tok_pattern_spans(const struct tok_pattern *p, struct tok_matcher *m, const 
         if (a == b && b == last_end) {
             /* an empty match right after the previous one: step one character (onig's find_iter) */
             if (pos >= n) break;
-            int cl = tok_utf8_len((const uint8_t *)s + pos, n - pos);
-            pos += cl ? (size_t)cl : 1;
+            uint32_t cp;
+            int cl = loom_utf8_decode(s + pos, n - pos, &cp);
+            pos += cl > 0 ? (size_t)cl : 1;
             continue;
         }
         if (prev != a) tok_span_push(out, (uint32_t)prev, (uint32_t)a, false);

@@ -259,7 +259,7 @@ int loom_tokenizer_encode(const struct loom_tokenizer *t, const char *text, size
     if (!text && len) return loom_fail(LOOM_EINVAL, "tokenizer: NULL text of %zu bytes", len);
     if (len > 0x7fffffffu)
         return loom_fail(LOOM_ETOOLONG, "tokenizer: a text of %zu bytes is too long (at most 2 GiB)", len);
-    size_t bad = tok_utf8_validate((const uint8_t *)text, len);
+    size_t bad = loom_utf8_validate(text, len);
     if (bad != len)
         return loom_fail(LOOM_EINVAL, "tokenizer: the text is not valid UTF-8 (byte 0x%02x at offset %zu)",
                          (uint8_t)text[bad], bad);
@@ -308,7 +308,7 @@ static int load_added(struct loom_tokenizer *t, json_t *arr)
         x->rstrip = json_is_true(json_object_get(a, "rstrip"));
         x->single_word = json_is_true(json_object_get(a, "single_word"));
         if (!x->len) return loom_fail(LOOM_EINVAL, "tokenizer.json: added_tokens[%zu] has empty content", i);
-        if (tok_utf8_validate((const uint8_t *)x->content, x->len) != x->len)
+        if (loom_utf8_validate(x->content, x->len) != x->len)
             return loom_fail(LOOM_EINVAL, "tokenizer.json: added_tokens[%zu] is not valid UTF-8", i);
     }
     return 0;
