@@ -12,6 +12,7 @@
  * earlier one computes only its last 36 prompt tokens, with the same tokens and logits as without the cache.
  * LOOM_GOLDEN_THREADS sets the CPU threads (default: all cores); LOOM_GOLDEN_MODELS=a,b limits the models.
  */
+#include "backend/backend.h"
 #include "core/log.h"
 #include "engine/engine_internal.h"
 #include "format/safetensors.h"
@@ -19,6 +20,11 @@
 
 #include <math.h>
 #include <stdint.h>
+
+/* The device the engines run on: test_cuda_engine.c includes this file with "cuda". */
+#ifndef ENGINE_TEST_DEVICE
+#define ENGINE_TEST_DEVICE "cpu"
+#endif
 
 #define TOL 1e-3
 #define MAXP 4
@@ -126,6 +132,8 @@ static void run_model(const char *name, int threads)
         struct loom_engine_options o;
         loom_engine_options_default(&o);
         o.model_dir = dir;
+        o.device = ENGINE_TEST_DEVICE;
+        o.gpu_memory_utilization = 0.2f;
         o.threads = threads;
         o.dtype = "float32"; /* fp32 compute: the golden tolerance is 1e-3 */
         o.num_kv_blocks = setups[si].num_kv_blocks;
@@ -236,6 +244,8 @@ static struct loom_engine *stories_engine(int threads, int num_kv_blocks, int bu
     struct loom_engine_options o;
     loom_engine_options_default(&o);
     o.model_dir = test_shared("models/stories260K");
+    o.device = ENGINE_TEST_DEVICE;
+    o.gpu_memory_utilization = 0.2f;
     o.threads = threads;
     o.dtype = "float32";
     o.num_kv_blocks = num_kv_blocks;
@@ -363,6 +373,8 @@ static void test_prefix_real(int threads)
 int main(void)
 {
     loom_log_set_level(LOOM_LOG_WARN);
+    if (!strcmp(ENGINE_TEST_DEVICE, "cuda") && !loom_backend_cuda_available()) test_skip("no CUDA device");
+    printf("engine tests on --device %s\n", ENGINE_TEST_DEVICE);
     const char *t = getenv("LOOM_GOLDEN_THREADS");
     int threads = t ? atoi(t) : 0;
     const char *only = getenv("LOOM_GOLDEN_MODELS");
