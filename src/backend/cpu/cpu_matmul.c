@@ -103,9 +103,8 @@ static void tile_c(const float *wb, int kcp, int kc, const float *x, int64_t xs,
 }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "backend/cpu/cpu_avx512.h"
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INLINE inline __attribute__((always_inline))
