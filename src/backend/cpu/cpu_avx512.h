@@ -9,7 +9,7 @@
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
-/* e^x for 16 lanes: Cephes-style range reduction and a degree-6 polynomial, ~1 ulp; x clamped to [-87.3, 88.3] */
+/* e^x for 16 lanes: range reduction by ln 2 and a degree-6 polynomial; x clamped to [-87.3, 88.3] */
 T512 static inline __m512 exp512(__m512 x)
 {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
