@@ -151,6 +151,22 @@ static void print_device(const struct loom_engine_options *o)
 /* ------------------------------------------------------------------------------------------------ */
 /* throughput */
 
+/* A word that is not a known flag: an unknown flag is an error, the first other word is MODEL_DIR and a
+ * second one is an error. Returns nonzero (after a message) on an error. */
+static int positional_arg(const char *bench, const char *f, const char **model_dir)
+{
+    if (f[0] == '-') {
+        fprintf(stderr, "loom: bench %s: unknown flag %s\n", bench, f);
+        return 1;
+    }
+    if (*model_dir) {
+        fprintf(stderr, "loom: bench %s: one MODEL_DIR only (got '%s' too)\n", bench, f);
+        return 1;
+    }
+    *model_dir = f;
+    return 0;
+}
+
 static int bench_throughput(int argc, char **argv)
 {
     struct loom_engine_options eo;
@@ -185,13 +201,7 @@ static int bench_throughput(int argc, char **argv)
             json_path = v;
         } else if (!strcmp(f, "--no-progress") || !strcmp(f, "--disable-tqdm")) {
             cfg.progress = false;
-        } else if (f[0] == '-') {
-            fprintf(stderr, "loom: bench throughput: unknown flag %s\n", f);
-            return 2;
-        } else if (!eo.model_dir) {
-            eo.model_dir = f;
-        } else {
-            fprintf(stderr, "loom: bench throughput: one MODEL_DIR only (got '%s' too)\n", f);
+        } else if (positional_arg("throughput", f, &eo.model_dir)) {
             return 2;
         }
     }
@@ -335,13 +345,7 @@ static int bench_latency(int argc, char **argv)
             json_path = v;
         } else if (!strcmp(f, "--no-progress") || !strcmp(f, "--disable-tqdm")) {
             cfg.progress = false;
-        } else if (f[0] == '-') {
-            fprintf(stderr, "loom: bench latency: unknown flag %s\n", f);
-            return 2;
-        } else if (!eo.model_dir) {
-            eo.model_dir = f;
-        } else {
-            fprintf(stderr, "loom: bench latency: one MODEL_DIR only (got '%s' too)\n", f);
+        } else if (positional_arg("latency", f, &eo.model_dir)) {
             return 2;
         }
     }
