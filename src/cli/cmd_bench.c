@@ -148,9 +148,6 @@ static void print_device(const struct loom_engine_options *o)
     free(gpu);
 }
 
-/* ------------------------------------------------------------------------------------------------ */
-/* throughput */
-
 /* A word that is not a known flag: an unknown flag is an error, the first other word is MODEL_DIR and a
  * second one is an error. Returns nonzero (after a message) on an error. */
 static int positional_arg(const char *bench, const char *f, const char **model_dir)
@@ -166,6 +163,9 @@ static int positional_arg(const char *bench, const char *f, const char **model_d
     *model_dir = f;
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* throughput */
 
 static int bench_throughput(int argc, char **argv)
 {
