@@ -29,7 +29,7 @@ T0=$(date +%s)
 
 BIN=${BIN:-}
 if [ -f "$BIN" ]; then # a tarball from pack.sh
-    mkdir -p /tmp/loom-bin && tar -C /tmp/loom-bin -xzf "$BIN" && BIN=/tmp/loom-bin/cuda-bin
+    rm -rf /tmp/loom-bin && mkdir -p /tmp/loom-bin && tar -C /tmp/loom-bin -xzf "$BIN" && BIN=/tmp/loom-bin/$(basename "$BIN" .tgz)
 fi
 if [ -z "$BIN" ]; then
     echo "== building (cmake, sm_90)"

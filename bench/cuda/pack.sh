@@ -2,26 +2,30 @@
 # pack.sh: prepares what the GPU machine runs, on the development machine (nvcc works here; only running
 # needs the GPU). Builds build-cuda for sm_90, copies the cuda tests (and loom, when it links) into
 # .dev/cuda-bin with the shared libraries the device image lacks (jansson, pcre2, utf8proc, microhttpd
-# and their dependencies; CUDA and libc come from the image) in .dev/cuda-bin/lib, and copies ../shared's
+# and their dependencies; CUDA and libc come from the image) in $P/lib, and copies ../shared's
 # models and configs into .dev/shared. Both are git-ignored (.dev/). The device tool's `carry` takes
 # .dev/cuda-bin.tgz (the binaries, compressed) and .dev/shared; there run
 #   BIN=.dev/cuda-bin.tgz bash bench/cuda/device_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHARED=${LOOM_SHARED_SRC:-../shared}
+# several people may pack at once: BUILD (default build-cuda) and PACK (default .dev/cuda-bin; the
+# tarball is $PACK.tgz) keep them apart
+B=${BUILD:-build-cuda}
+P=${PACK:-.dev/cuda-bin}
 
-cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 tests=$(ls tests/unit/test_cuda_*.c | xargs -n1 basename | sed 's/\.c$//')
 # shellcheck disable=SC2086
-cmake --build build-cuda -j "$(nproc)" --target $tests 2>&1 | grep -E "error:|Error " || true
-cmake --build build-cuda -j "$(nproc)" --target loom >/dev/null 2>&1 || echo "pack: loom did not build (only the tests travel)"
+cmake --build "$B" -j "$(nproc)" --target $tests 2>&1 | grep -E "error:|Error " || true
+cmake --build "$B" -j "$(nproc)" --target loom >/dev/null 2>&1 || echo "pack: loom did not build (only the tests travel)"
 
-rm -rf .dev/cuda-bin
-mkdir -p .dev/cuda-bin/lib
+rm -rf "$P"
+mkdir -p $P/lib
 for t in $tests; do
-    [ -x "build-cuda/tests/$t" ] && cp "build-cuda/tests/$t" .dev/cuda-bin/ || echo "pack: $t missing"
+    [ -x "$B/tests/$t" ] && cp "$B/tests/$t" $P/ || echo "pack: $t missing"
 done
-if [ -x build-cuda/loom ]; then cp build-cuda/loom .dev/cuda-bin/; fi
+if [ -x $B/loom ]; then cp $B/loom $P/; fi
 
 mkdir -p .dev/shared
 for d in models configs; do
@@ -29,18 +33,18 @@ for d in models configs; do
 done
 
 # the forward-only decode benchmark (not in the CMake build): links the same static libraries
-cc -O2 -std=gnu11 -Iinclude -Isrc bench/cuda/decode_bench.c build-cuda/libloomcore.a build-cuda/libloomcuda.a \
+cc -O2 -std=gnu11 -Iinclude -Isrc bench/cuda/decode_bench.c $B/libloomcore.a $B/libloomcuda.a \
     -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ -ljansson -lpcre2-8 -lutf8proc -lmicrohttpd \
-    -lm -lpthread -o .dev/cuda-bin/decode_bench && echo "pack: decode_bench built"
+    -lm -lpthread -o $P/decode_bench && echo "pack: decode_bench built"
 
-for b in .dev/cuda-bin/*; do
+for b in $P/*; do
     [ -f "$b" ] || continue
     ldd "$b" | awk '/=>/ {print $3}' |
         grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
-        while read -r lib; do cp -L -n "$lib" .dev/cuda-bin/lib/ 2>/dev/null || true; done || true
+        while read -r lib; do cp -L -n "$lib" $P/lib/ 2>/dev/null || true; done || true
 done
-strip --strip-debug .dev/cuda-bin/test_cuda_* .dev/cuda-bin/decode_bench .dev/cuda-bin/loom 2>/dev/null || true
+strip --strip-debug $P/test_cuda_* $P/decode_bench $P/loom 2>/dev/null || true
 # binaries compress about 3x: the tarball is what travels (the device tool carries 64 MiB at most)
-rm -f .dev/cuda-bin.tgz; tar -C .dev -czf .dev/cuda-bin.tgz cuda-bin
+rm -f "$P.tgz"; tar -C "$(dirname "$P")" -czf "$P.tgz" "$(basename "$P")"
 du -sh .dev/cuda-bin .dev/cuda-bin.tgz .dev/shared
-ls .dev/cuda-bin .dev/cuda-bin/lib
+ls "$P" "$P/lib"
