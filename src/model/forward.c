@@ -13,7 +13,7 @@
  *                      expert e: x[rows routed to e] += w * expert_e(h[those rows])
  *   logits = rmsnorm(x)[logit_rows] @ lm_head^T, in chunks of rows, downloaded as F32
  *
- * MoE routing needs the expert ids on the host to group tokens (one download per MoE layer).
+ * The MoE block is model/moe.c.
  * The batch is validated on the host first (ids, slots against block tables, lengths), so a bad
  * batch is LOOM_EINVAL and never a stray memory access. It allocates nothing.
  */
@@ -21,17 +21,6 @@
 #include "core/error.h"
 
 #include <math.h>
-
-static struct loom_tensor rows(struct loom_tensor t, int n)
-{
-    return loom_tensor_rows(t, 0, n);
-}
-
-/* a contiguous [n, cols] view of a workspace buffer that holds at least n * cols elements */
-static struct loom_tensor view(struct loom_tensor t, int n, int64_t cols)
-{
-    return loom_tensor_2d(t.data, t.dtype, n, cols);
-}
 
 static int validate(const struct loom_model *m, const struct loom_batch *b, int *max_q, int *max_ctx)
 {
@@ -89,59 +78,6 @@ static int validate(const struct loom_model *m, const struct loom_batch *b, int 
     return 0;
 }
 
-/* x[rows routed to e] += w * expert_e(h[those rows]) for every expert e */
-static int moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n)
-{
-    struct model_impl *mi = m->impl;
-    struct loom_backend *be = m->be;
-    const struct loom_backend_ops *ops = be->ops;
-    const struct loom_model_config *c = &m->cfg;
-    const int E = c->num_experts, K = c->num_experts_per_tok, MI = c->moe_intermediate_size, H = c->hidden_size;
-    struct loom_tensor rl = rows(mi->router_logits, n);
-    ops->matmul(be, rl, h, L->router, NULL);
-    ops->moe_route(be, rl, K, c->norm_topk_prob, mi->d_route_ids, mi->d_route_w);
-    ops->download(be, mi->h_route_ids, mi->d_route_ids, sizeof(int32_t) * (size_t)n * K);
-    ops->download(be, mi->h_route_w, mi->d_route_w, sizeof(float) * (size_t)n * K);
-    /* group (token, weight) pairs by expert, tokens in order within each */
-    for (int e = 0; e < E; e++) mi->h_exp_count[e] = 0;
-    for (int i = 0; i < n * K; i++) {
-        int e = mi->h_route_ids[i];
-        LOOM_ASSERT(e >= 0 && e < E);
-        mi->h_exp_count[e]++;
-    }
-    int off = 0;
-    int start[1024];
-    for (int e = 0; e < E; e++) {
-        start[e] = off;
-        off += mi->h_exp_count[e];
-    }
-    int fill[1024];
-    memcpy(fill, start, sizeof(int) * (size_t)E);
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < K; j++) {
-            int e = mi->h_route_ids[t * K + j];
-            mi->h_exp_rows[fill[e]] = t;
-            mi->h_exp_w[fill[e]] = mi->h_route_w[t * K + j];
-            fill[e]++;
-        }
-    ops->upload(be, mi->d_exp_rows, mi->h_exp_rows, sizeof(int32_t) * (size_t)n * K);
-    ops->upload(be, mi->d_exp_w, mi->h_exp_w, sizeof(float) * (size_t)n * K);
-    for (int e = 0; e < E; e++) {
-        const int cnt = mi->h_exp_count[e];
-        if (!cnt) continue;
-        const int32_t *idx = mi->d_exp_rows + start[e];
-        struct loom_tensor xe = rows(mi->xe, cnt), ye = rows(mi->ye, cnt);
-        struct loom_tensor g = view(mi->gate, cnt, MI), u = view(mi->up, cnt, MI);
-        ops->gather_rows(be, xe, h, idx);
-        ops->matmul(be, g, xe, L->e_gate[e], NULL);
-        ops->matmul(be, u, xe, L->e_up[e], NULL);
-        ops->silu_mul(be, g, g, u);
-        ops->matmul(be, view(ye, cnt, H), g, L->e_down[e], NULL);
-        ops->scatter_add_rows(be, x, ye, idx, mi->d_exp_w + start[e]);
-    }
-    return 0;
-}
-
 int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *logits)
 {
     struct model_impl *mi = m->impl;
@@ -167,8 +103,8 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
         .h_query_start = b->query_start, .h_seq_lens = b->seq_lens,
     };
 
-    struct loom_tensor x = rows(mi->x, n), h = rows(mi->h, n), q = rows(mi->q, n), k = rows(mi->k, n),
-                       v = rows(mi->v, n), attn = rows(mi->attn, n), o = rows(mi->o, n);
+    struct loom_tensor x = ws_rows(mi->x, n), h = ws_rows(mi->h, n), q = ws_rows(mi->q, n), k = ws_rows(mi->k, n),
+                       v = ws_rows(mi->v, n), attn = ws_rows(mi->attn, n), o = ws_rows(mi->o, n);
     const float scale = (float)(1.0 / sqrt((double)D));
     bool pending = false; /* o holds a sublayer output not yet added into x */
 
@@ -195,11 +131,11 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
         ops->add_rmsnorm(be, x, o, h, L->mlp_norm, c->rms_norm_eps);
 
         if (L->moe) {
-            if ((s = moe_block(m, L, x, h, n))) return s;
+            if ((s = loom_moe_block(m, L, x, h, n))) return s;
             pending = false;
         } else {
             const int I = c->intermediate_size;
-            struct loom_tensor g = view(mi->gate, n, I), u = view(mi->up, n, I);
+            struct loom_tensor g = ws_view(mi->gate, n, I), u = ws_view(mi->up, n, I);
             ops->matmul(be, g, h, L->gate, NULL);
             ops->matmul(be, u, h, L->up, NULL);
             ops->silu_mul(be, g, g, u);
@@ -211,12 +147,12 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
     else ops->rmsnorm(be, h, x, mi->final_norm, c->rms_norm_eps);
 
     if (b->n_logits > 0) {
-        struct loom_tensor hl = rows(mi->hl, b->n_logits);
+        struct loom_tensor hl = ws_rows(mi->hl, b->n_logits);
         ops->gather_rows(be, hl, h, mi->d_logit_rows);
         const int64_t V = c->vocab_size;
         for (int r0 = 0; r0 < b->n_logits; r0 += mi->logit_chunk) {
             int cnt = b->n_logits - r0 < mi->logit_chunk ? b->n_logits - r0 : mi->logit_chunk;
-            struct loom_tensor lg = rows(mi->logits, cnt);
+            struct loom_tensor lg = ws_rows(mi->logits, cnt);
             ops->matmul(be, lg, loom_tensor_rows(hl, r0, cnt), mi->lm_head, NULL);
             ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)cnt * (size_t)V);
         }

@@ -71,4 +71,19 @@ struct model_impl {
     int32_t *d_logit_rows;                     /* [max_logit_rows] */
 };
 
+/* rows [0, n) of a workspace tensor */
+static inline struct loom_tensor ws_rows(struct loom_tensor t, int n)
+{
+    return loom_tensor_rows(t, 0, n);
+}
+
+/* a contiguous [n, cols] view of a workspace buffer that holds at least n * cols elements */
+static inline struct loom_tensor ws_view(struct loom_tensor t, int n, int64_t cols)
+{
+    return loom_tensor_2d(t.data, t.dtype, n, cols);
+}
+
+/* moe.c: x[rows routed to e] += w * expert_e(h[those rows]) for every expert e of layer L */
+int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n);
+
 #endif
