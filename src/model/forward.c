@@ -146,17 +146,7 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
     if (pending) ops->add_rmsnorm(be, x, o, h, mi->final_norm, c->rms_norm_eps);
     else ops->rmsnorm(be, h, x, mi->final_norm, c->rms_norm_eps);
 
-    if (b->n_logits > 0) {
-        struct loom_tensor hl = ws_rows(mi->hl, b->n_logits);
-        ops->gather_rows(be, hl, h, mi->d_logit_rows);
-        const int64_t V = c->vocab_size;
-        for (int r0 = 0; r0 < b->n_logits; r0 += mi->logit_chunk) {
-            int cnt = b->n_logits - r0 < mi->logit_chunk ? b->n_logits - r0 : mi->logit_chunk;
-            struct loom_tensor lg = ws_rows(mi->logits, cnt);
-            ops->matmul(be, lg, loom_tensor_rows(hl, r0, cnt), mi->lm_head, NULL);
-            ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)cnt * (size_t)V);
-        }
-    }
+    if ((s = loom_model_logits(m, b, h, logits))) return s;
     ops->synchronize(be);
     return 0;
 }

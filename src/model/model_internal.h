@@ -86,4 +86,7 @@ static inline struct loom_tensor ws_view(struct loom_tensor t, int n, int64_t co
 /* moe.c: x[rows routed to e] += w * expert_e(h[those rows]) for every expert e of layer L */
 int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n);
 
+/* logits.c: logits of the rows b->logit_rows of h (the final normed hidden states) into logits */
+int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits);
+
 #endif
