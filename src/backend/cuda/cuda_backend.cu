@@ -132,29 +132,34 @@ static void cuda_destroy(struct loom_backend *be)
     free(be);
 }
 
-static const struct loom_backend_ops cuda_ops = {
-    cuda_destroy,
-    cuda_alloc,
-    cuda_free,
-    cuda_upload_weights,
-    cuda_upload,
-    cuda_download,
-    cuda_synchronize,
-    cuda_memory_info,
-    cuda_embedding,
-    cuda_rmsnorm,
-    cuda_add_rmsnorm,
-    cuda_matmul,
-    cuda_rope,
-    cuda_kv_store,
-    cuda_attention,
-    cuda_silu_mul,
-    cuda_add,
-    cuda_gather_rows,
-    cuda_scatter_add_rows,
-    cuda_moe_route,
-    cuda_convert,
-};
+/* The ops table, filled by name (C++17 has no designated initializers): one line per op. */
+static struct loom_backend_ops cuda_ops;
+
+static void cuda_ops_fill(struct loom_backend_ops *o)
+{
+    o->destroy = cuda_destroy;
+    o->alloc = cuda_alloc;
+    o->free = cuda_free;
+    o->upload_weights = cuda_upload_weights;
+    o->upload = cuda_upload;
+    o->download = cuda_download;
+    o->synchronize = cuda_synchronize;
+    o->memory_info = cuda_memory_info;
+    o->embedding = cuda_embedding;
+    o->rmsnorm = cuda_rmsnorm;
+    o->add_rmsnorm = cuda_add_rmsnorm;
+    o->matmul = cuda_matmul;
+    o->rope = cuda_rope;
+    o->kv_store = cuda_kv_store;
+    o->attention = cuda_attention;
+    o->silu_mul = cuda_silu_mul;
+    o->add = cuda_add;
+    o->gather_rows = cuda_gather_rows;
+    o->scatter_add_rows = cuda_scatter_add_rows;
+    o->moe_route = cuda_moe_route;
+    o->convert = cuda_convert;
+}
+
 
 extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts, struct loom_backend **out)
 {
@@ -194,6 +199,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     cuda_rec_init(c);
 
     struct loom_backend *be = (struct loom_backend *)loom_calloc(1, sizeof(*be));
+    if (!cuda_ops.destroy) cuda_ops_fill(&cuda_ops); /* the same values every time: a race is harmless */
     be->ops = &cuda_ops;
     be->name = "cuda";
     be->act_dtype = act;
