@@ -133,10 +133,9 @@ static void cuda_destroy(struct loom_backend *be)
 }
 
 /* The ops table, filled by name (C++17 has no designated initializers): one line per op. */
-static struct loom_backend_ops cuda_ops;
-
-static void cuda_ops_fill(struct loom_backend_ops *o)
+static struct loom_backend_ops cuda_ops_make(void)
 {
+    struct loom_backend_ops ops = {}, *o = &ops;
     o->destroy = cuda_destroy;
     o->alloc = cuda_alloc;
     o->free = cuda_free;
@@ -158,6 +157,7 @@ static void cuda_ops_fill(struct loom_backend_ops *o)
     o->scatter_add_rows = cuda_scatter_add_rows;
     o->moe_route = cuda_moe_route;
     o->convert = cuda_convert;
+    return ops;
 }
 
 
@@ -199,7 +199,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     cuda_rec_init(c);
 
     struct loom_backend *be = (struct loom_backend *)loom_calloc(1, sizeof(*be));
-    if (!cuda_ops.destroy) cuda_ops_fill(&cuda_ops); /* the same values every time: a race is harmless */
+    static const struct loom_backend_ops cuda_ops = cuda_ops_make(); /* C++: initialized once, thread-safe */
     be->ops = &cuda_ops;
     be->name = "cuda";
     be->act_dtype = act;
