@@ -70,6 +70,27 @@ struct loom_attn_meta {
     const int32_t *h_query_start, *h_seq_lens; /* host copies of the same, for launch decisions */
 };
 
+/*
+ * Sampling on the backend (the optional op `sample`): one logits row -> one token by the rules of
+ * engine/sampler.h, steps 2-10, so that only token ids leave the device. The host prepares each row:
+ * its sparse token edits (edits[edit0 ..], in this order: n_mask tokens set to -inf (min_tokens),
+ * n_bias additions (logit_bias, applied one after another), n_rep tokens of the repetition penalty
+ * (distinct; value = the penalty), n_sub distinct tokens whose value is subtracted (frequency * count
+ * + presence)) and its uniform draw u in [0, 1).
+ */
+struct loom_sample_row {
+    float temperature, top_p, min_p;
+    int32_t top_k;  /* 0: off */
+    double u;       /* the draw (engine/sampler.h's counter-based RNG) */
+    int32_t edit0, n_mask, n_bias, n_rep, n_sub;
+    int32_t skip;   /* 1: leave this row alone (its token comes back as -1) */
+};
+
+struct loom_logit_edit {
+    int32_t token;
+    float value;
+};
+
 struct loom_backend;
 
 struct loom_backend_ops {
@@ -127,6 +148,12 @@ struct loom_backend_ops {
                       int32_t *ids, float *weights);
     /* dst = src converted to dst.dtype (same shape) */
     void (*convert)(struct loom_backend *be, struct loom_tensor dst, struct loom_tensor src);
+
+    /* ---- optional (NULL: the caller does it another way) ---- */
+    /* tokens[r] = the token drawn from row r of logits (F32 [n, vocab], rewritten in place) as
+     * rows[r] says; rows, edits and tokens are host arrays. Waits for the tokens. */
+    void (*sample)(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
+                   const struct loom_logit_edit *edits, int n_edits, int32_t *tokens);
 };
 
 struct loom_backend {

@@ -39,6 +39,8 @@ struct loom_engine {
     struct loom_scheduler sched;
     struct loom_runner runner;
     struct loom_sampler sampler;
+    struct loom_logit_edit *edits; /* backend sampling: the step's token edits */
+    int cap_edits;
 
     /* shared with other threads, under lock */
     pthread_mutex_t lock;
@@ -553,13 +555,11 @@ static bool is_eos(const struct loom_engine *e, int32_t t)
     return false;
 }
 
-/* Samples the sequence's next token from its row, checks the stop conditions, emits. */
-static void sample_seq(struct loom_engine *e, struct loom_seq *seq, const float *row)
+static void sample_input(const struct loom_seq *seq, struct loom_sample_input *in)
 {
-    struct loom_req *q = seq->req;
-    const struct loom_sampling_params *p = &q->params;
-    struct loom_sample_input in = {
-        .p = p,
+    const struct loom_req *q = seq->req;
+    *in = (struct loom_sample_input){
+        .p = &q->params,
         .prompt = q->prompt,
         .n_prompt = q->n_prompt,
         .output = seq->tokens + q->n_prompt,
@@ -568,8 +568,50 @@ static void sample_seq(struct loom_engine *e, struct loom_seq *seq, const float 
         .n_stop_ids = q->n_min_tokens_mask,
         .rng_key = seq->rng_key,
     };
-    int32_t tok = loom_sampler_sample(&e->sampler, row, &in);
-    if (p->logprobs >= 0) loom_sampler_logprobs(row, e->vocab, tok, p->logprobs, &e->lp, e->top);
+}
+
+/* Backend sampling for this step's rows that need no host logits (no logprobs, no logits hook):
+ * fills the runner's sample rows; the other rows stay skipped and are downloaded. */
+static void prepare_backend_sampling(struct loom_engine *e)
+{
+    struct loom_runner *r = &e->runner;
+    struct loom_batch *b = &r->batch;
+    const struct loom_scheduler *s = &e->sched;
+    if (!e->model.can_sample || e->hook || b->n_logits == 0) return;
+    int n_dev = 0, n_edits = 0;
+    for (int i = 0; i < b->n_logits; i++) r->sample[i].skip = 1;
+    for (int i = 0; i < s->n_scheduled; i++) {
+        const struct loom_seq *seq = s->scheduled[i];
+        if (seq->sample_row < 0 || seq->req->params.logprobs >= 0) continue;
+        struct loom_sample_input in;
+        sample_input(seq, &in);
+        loom_sampler_backend_row(&e->sampler, &in, &r->sample[seq->sample_row], &e->edits, &n_edits, &e->cap_edits);
+        n_dev++;
+    }
+    if (!n_dev) return;
+    b->sample = r->sample;
+    b->edits = e->edits;
+    b->n_edits = n_edits;
+}
+
+/* The sequence's next token: the one the backend drew for its row, or sampled here from the row's
+ * logits. Then the stop conditions, and the output. */
+static void sample_seq(struct loom_engine *e, struct loom_seq *seq, int row)
+{
+    struct loom_req *q = seq->req;
+    const struct loom_sampling_params *p = &q->params;
+    const struct loom_batch *b = &e->runner.batch;
+    const float *logits = loom_runner_row(&e->runner, row);
+    int32_t tok;
+    if (b->sample && !b->sample[row].skip) {
+        tok = b->sampled[row];
+        LOOM_ASSERT(tok >= 0 && tok < e->vocab);
+    } else {
+        struct loom_sample_input in;
+        sample_input(seq, &in);
+        tok = loom_sampler_sample(&e->sampler, logits, &in);
+    }
+    if (p->logprobs >= 0) loom_sampler_logprobs(logits, e->vocab, tok, p->logprobs, &e->lp, e->top);
     LOOM_ASSERT(seq->n_tokens < seq->cap_tokens);
     seq->tokens[seq->n_tokens++] = tok;
     e->generation_tokens++;
@@ -688,7 +730,9 @@ int loom_engine_step(struct loom_engine *e)
     }
     e->warned_idle = false;
     e->num_steps++;
-    int rc = loom_runner_run(&e->runner, s->scheduled, s->n_scheduled);
+    loom_runner_build(&e->runner, s->scheduled, s->n_scheduled);
+    prepare_backend_sampling(e);
+    int rc = loom_runner_forward(&e->runner);
     if (rc) {
         /* the model failed: fail every request of this step, keep serving the others */
         char msg[1024];
@@ -736,7 +780,7 @@ int loom_engine_step(struct loom_engine *e)
             int row = seq->sample_row;
             seq->sample_row = -1;
             if (seq->index == 0 && q->plp) LOOM_ASSERT(q->plp_done == q->n_prompt - 1);
-            sample_seq(e, seq, loom_runner_row(&e->runner, row)); /* may free the request */
+            sample_seq(e, seq, row); /* may free the request */
         }
     }
     update_stats(e);
@@ -830,6 +874,7 @@ void loom_engine_free(struct loom_engine *e)
     }
     pthread_mutex_unlock(&e->step_lock);
     loom_sampler_free(&e->sampler);
+    free(e->edits);
     loom_runner_free(&e->runner);
     loom_scheduler_free(&e->sched);
     loom_kv_blocks_free(&e->kv);

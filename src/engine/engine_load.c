@@ -156,6 +156,9 @@ int loom_engine_create(const struct loom_engine_options *opts, struct loom_engin
     if (info.tokenizer) add_eos(&info, loom_tokenizer_eos_id(info.tokenizer));
 
     struct loom_engine_model em = {.vocab_size = cfg.vocab_size, .forward = model_forward, .ctx = ld->m};
+    /* sampling on the backend where it has it (LOOM_BACKEND_SAMPLING=0: on the host, for comparisons) */
+    const char *bs = getenv("LOOM_BACKEND_SAMPLING");
+    em.can_sample = ld->be->ops->sample && !(bs && !strcmp(bs, "0"));
     if ((rc = loom_engine_create_with_model(&o, &em, &info, out))) goto fail_tok;
     return LOOM_OK;
 

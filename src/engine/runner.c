@@ -30,6 +30,8 @@ int loom_runner_init(struct loom_runner *r, const struct loom_engine_model *m, i
     r->block_tables = loom_calloc((size_t)max_seqs * (size_t)max_blocks_per_seq, sizeof(int32_t));
     r->logit_rows = loom_malloc((size_t)max_rows * sizeof(int32_t));
     r->logits = loom_malloc((size_t)max_rows * (size_t)m->vocab_size * sizeof(float));
+    r->sample = loom_calloc((size_t)max_rows, sizeof(*r->sample));
+    r->sampled = loom_calloc((size_t)max_rows, sizeof(int32_t));
     return LOOM_OK;
 }
 
@@ -43,10 +45,12 @@ void loom_runner_free(struct loom_runner *r)
     free(r->block_tables);
     free(r->logit_rows);
     free(r->logits);
+    free(r->sample);
+    free(r->sampled);
     memset(r, 0, sizeof(*r));
 }
 
-int loom_runner_run(struct loom_runner *r, struct loom_seq *const *seqs, int n)
+void loom_runner_build(struct loom_runner *r, struct loom_seq *const *seqs, int n)
 {
     int bs = r->block_size, t = 0, rows = 0, mb = 1;
     LOOM_ASSERT(n >= 1 && n <= r->max_seqs);
@@ -95,5 +99,19 @@ int loom_runner_run(struct loom_runner *r, struct loom_seq *const *seqs, int n)
     b->max_blocks_per_seq = mb;
     b->n_logits = rows;
     b->logit_rows = r->logit_rows;
-    return r->model.forward(r->model.ctx, b, r->logits);
+    b->sample = NULL;
+    b->edits = NULL;
+    b->n_edits = 0;
+    b->sampled = r->sampled;
+}
+
+int loom_runner_forward(struct loom_runner *r)
+{
+    return r->model.forward(r->model.ctx, &r->batch, r->logits);
+}
+
+int loom_runner_run(struct loom_runner *r, struct loom_seq *const *seqs, int n)
+{
+    loom_runner_build(r, seqs, n);
+    return loom_runner_forward(r);
 }

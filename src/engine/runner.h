@@ -24,6 +24,7 @@ struct loom_engine_model {
     /* Runs the batch; writes float32 logits [b->n_logits, vocab_size]. 0 or a negative status. */
     int (*forward)(void *ctx, const struct loom_batch *b, float *logits);
     void *ctx;
+    bool can_sample; /* forward honours b->sample (the backend samples; model.h) */
 };
 
 struct loom_runner {
@@ -36,6 +37,8 @@ struct loom_runner {
     int32_t *block_tables;                         /* [max_seqs * max_blocks_per_seq] */
     int32_t *logit_rows;                           /* [max_rows] */
     float *logits;                                 /* [max_rows * vocab_size] */
+    struct loom_sample_row *sample;                /* [max_rows] backend sampling, filled by the engine */
+    int32_t *sampled;                              /* [max_rows] the tokens it drew */
     struct loom_batch batch;                       /* the last step's batch */
 };
 
@@ -43,8 +46,12 @@ int loom_runner_init(struct loom_runner *r, const struct loom_engine_model *m, i
                      int max_seqs, int max_blocks_per_seq, int max_rows);
 void loom_runner_free(struct loom_runner *r);
 
-/* Builds the batch of seqs[0..n) (each with sched_tokens > 0 and its blocks), runs the model, and
- * sets each sequence's sample_row / prompt_row0. Returns the model's status. */
+/* Builds the batch of seqs[0..n) (each with sched_tokens > 0 and its blocks) into r->batch and sets
+ * each sequence's sample_row / prompt_row0; batch.sample is NULL (the caller may set it). */
+void loom_runner_build(struct loom_runner *r, struct loom_seq *const *seqs, int n);
+/* Runs the model on r->batch. Returns the model's status. */
+int loom_runner_forward(struct loom_runner *r);
+/* Both. */
 int loom_runner_run(struct loom_runner *r, struct loom_seq *const *seqs, int n);
 
 static inline const float *loom_runner_row(const struct loom_runner *r, int row)

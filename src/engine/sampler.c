@@ -258,3 +258,67 @@ int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const s
     }
     return last;
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Sampling on the backend: the same steps, with the row-dependent parts prepared here */
+
+static void push_edit(struct loom_logit_edit **e, int *n, int *cap, int32_t token, float value)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 1024;
+        *e = loom_realloc(*e, (size_t)*cap * sizeof(**e));
+    }
+    (*e)[*n].token = token;
+    (*e)[*n].value = value;
+    (*n)++;
+}
+
+void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_input *in, struct loom_sample_row *row,
+                              struct loom_logit_edit **edits, int *n_edits, int *cap_edits)
+{
+    const struct loom_sampling_params *p = in->p;
+    memset(row, 0, sizeof(*row));
+    row->temperature = p->temperature;
+    row->top_p = p->top_p;
+    row->min_p = p->min_p;
+    row->top_k = p->top_k > 0 ? p->top_k : 0;
+    row->u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output);
+    row->edit0 = *n_edits;
+    int n0 = *n_edits;
+    if (in->n_output < p->min_tokens)
+        for (int i = 0; i < in->n_stop_ids; i++) push_edit(edits, n_edits, cap_edits, in->stop_ids[i], 0.0f);
+    row->n_mask = *n_edits - n0;
+    n0 = *n_edits;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        push_edit(edits, n_edits, cap_edits, p->logit_bias[i].token_id, p->logit_bias[i].bias);
+    row->n_bias = *n_edits - n0;
+    n0 = *n_edits;
+    if (p->repetition_penalty != 1.0f) { /* distinct tokens of prompt + output, as apply_penalties marks them */
+        uint32_t st = ++s->cur_stamp;
+        if (st == 0) {
+            memset(s->stamp, 0, (size_t)s->vocab * sizeof(uint32_t));
+            st = s->cur_stamp = 1;
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *t = pass ? in->output : in->prompt;
+            int n = pass ? in->n_output : in->n_prompt;
+            for (int i = 0; i < n; i++) {
+                if (s->stamp[t[i]] == st) continue;
+                s->stamp[t[i]] = st;
+                push_edit(edits, n_edits, cap_edits, t[i], p->repetition_penalty);
+            }
+        }
+    }
+    row->n_rep = *n_edits - n0;
+    n0 = *n_edits;
+    if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
+        for (int i = 0; i < in->n_output; i++) s->count[in->output[i]]++;
+        for (int i = 0; i < in->n_output; i++) {
+            int32_t id = in->output[i];
+            if (!s->count[id]) continue;
+            push_edit(edits, n_edits, cap_edits, id, p->frequency_penalty * (float)s->count[id] + p->presence_penalty);
+            s->count[id] = 0;
+        }
+    }
+    row->n_sub = *n_edits - n0;
+}

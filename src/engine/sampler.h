@@ -20,6 +20,7 @@
 #ifndef LOOM_ENGINE_SAMPLER_H
 #define LOOM_ENGINE_SAMPLER_H
 
+#include "backend/backend.h"
 #include "loom.h"
 #include <stdint.h>
 
@@ -54,6 +55,11 @@ int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const s
  * after penalties, unless nothing modifies them: plain greedy reads the row in place), else -1 with work holding the final logits (temperature applied, dropped tokens
  * at -inf) that loom_sampler_sample draws from. Exposed for tests. */
 int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in);
+
+/* For sampling on the backend (backend.h's struct loom_sample_row): the row's parameters, its draw,
+ * and its edits (steps 2-4 as sparse token edits, appended to *edits, grown as needed). */
+void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_input *in, struct loom_sample_row *row,
+                              struct loom_logit_edit **edits, int *n_edits, int *cap_edits);
 
 /* Raw logprobs of one row: token's into *lp; the best k (logprob descending, id ascending) into top[k]. */
 void loom_sampler_logprobs(const float *logits, int vocab, int32_t token, int k, struct loom_token_logprob *lp,

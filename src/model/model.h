@@ -36,6 +36,13 @@ struct loom_batch {
     int max_blocks_per_seq;
     int n_logits;                /* rows whose logits are wanted ... */
     const int32_t *logit_rows;   /* [n_logits] ... as token indices into this batch */
+    /* Sampling on the backend (optional, where be->ops->sample exists; NULL: every logits row is
+     * downloaded). Row r with !sample[r].skip is sampled there: its token goes to sampled[r] and its
+     * logits are not downloaded; skipped rows are downloaded as without. */
+    const struct loom_sample_row *sample; /* [n_logits] */
+    const struct loom_logit_edit *edits;  /* [n_edits], indexed by sample[r].edit0 */
+    int n_edits;
+    int32_t *sampled;                     /* [n_logits] host */
 };
 
 struct loom_model {

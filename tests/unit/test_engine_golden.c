@@ -304,12 +304,18 @@ static void test_seeded_real(int threads)
         drain(e);
         loom_engine_free(e);
     }
+    /* "host sampling": where the backend samples (CUDA), the same requests sampled on the host from the
+     * downloaded logits must give the same tokens (the GPU sampler follows the host's rules) */
     struct {
         const char *what;
         int blocks, budget;
-    } setups[] = {{"batch of 32", 0, 2048}, {"16 KV blocks", 16, 2048}, {"budget 8", 0, 8}};
-    for (int si = 0; si < 3; si++) {
+        bool host_sampling;
+    } setups[] = {{"batch of 32", 0, 2048, false}, {"16 KV blocks", 16, 2048, false}, {"budget 8", 0, 8, false},
+                  {"host sampling", 0, 2048, true}};
+    for (int si = 0; si < 4; si++) {
+        if (setups[si].host_sampling) setenv("LOOM_BACKEND_SAMPLING", "0", 1);
         struct loom_engine *e = stories_engine(threads, setups[si].blocks, setups[si].budget, true);
+        unsetenv("LOOM_BACKEND_SAMPLING");
         if (!e) return;
         for (int i = 0; i < N; i++) add_sampled(e, prompts[i], lens[i], 1 + i % 3, 1000 + i, &got[i]);
         drain(e);

@@ -126,6 +126,7 @@ static void cuda_destroy(struct loom_backend *be)
     CUDA_CHECK(cudaFree(c->cublas_ws));
     CUDA_CHECK(cudaFree(c->attn_ws));
     CUDA_CHECK(cudaFree(c->attn_counters));
+    if (c->sample_buf) CUDA_CHECK(cudaFree(c->sample_buf));
     CUDA_CHECK(cudaFreeHost(c->pinned));
     CUDA_CHECK(cudaStreamDestroy(c->stream));
     free(c);
@@ -157,6 +158,7 @@ static struct loom_backend_ops cuda_ops_make(void)
     o->scatter_add_rows = cuda_scatter_add_rows;
     o->moe_route = cuda_moe_route;
     o->convert = cuda_convert;
+    o->sample = cuda_sample;
     return ops;
 }
 

@@ -100,6 +100,8 @@ struct cuda_ctx {
     unsigned char *pinned;       /* [LOOM_CUDA_PINNED_BYTES] page-locked staging for uploads and downloads */
     size_t pinned_used;          /* bytes of it that queued uploads still read (reset when the stream drains) */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
+    void *sample_buf;            /* cuda_sample.cu: its rows, edits and tokens (grown on demand) */
+    size_t sample_cap;
 
     bool graphs;                 /* record and replay (LOOM_CUDA_GRAPHS=0 turns it off) */
     bool pdl;                    /* launch recorded kernels with programmatic dependent launch (LOOM_CUDA_PDL=0: off) */
@@ -271,6 +273,8 @@ void cuda_scatter_add_rows(struct loom_backend *be, struct loom_tensor out, stru
 void cuda_moe_route(struct loom_backend *be, struct loom_tensor logits, int k, bool renormalize, int32_t *ids,
                     float *weights);
 void cuda_convert(struct loom_backend *be, struct loom_tensor dst, struct loom_tensor src);
+void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
+                 const struct loom_logit_edit *edits, int n_edits, int32_t *tokens);
 void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
                     struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
                     int head_dim, float scale, int sliding_window);

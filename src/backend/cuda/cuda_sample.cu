@@ -1,0 +1,316 @@
+/*
+ * cuda_sample.cu: sampling on the GPU (the ops table's `sample`), so that only token ids leave the
+ * device. One block of 1024 threads per logits row, the row rewritten in place, following
+ * engine/sampler.h step by step:
+ *
+ *   edits (min_tokens mask, logit_bias, repetition, frequency/presence) -> greedy argmax, or:
+ *   x /= T;  m = max x;  min_p drops x < m + log(min_p);  top_k keeps x >= the k-th largest
+ *   (radix select on the float's ordered bits);  p = exp(x - m) in place;  top_p keeps the most
+ *   probable tokens while the mass above them is below top_p * sum (radix select on p's bits
+ *   weighted by mass; ties at the threshold kept in id order, as the host sorts them);
+ *   draw: the first token, in id order, whose cumulative mass exceeds u * (kept mass).
+ *
+ * Masses are fixed-point integers (p relative to the top token, times 2^44; the top token's p is 1):
+ * integer sums are the same in any order, so a row's token does not depend on thread scheduling, and
+ * so not on the batch it runs in. The host sampler sums doubles in id order: both choose the same
+ * token except when u falls within rounding distance of a boundary.
+ */
+#include "backend/cuda/cuda_common.h"
+
+#include <math.h>
+
+#define SAMPLE_THREADS 1024
+#define SAMPLE_WARPS (SAMPLE_THREADS / 32)
+#define SAMPLING_EPS 1e-5f /* as the host: temperatures below are greedy */
+
+typedef unsigned long long u64;
+
+struct sample_smem {
+    u64 hist[256];
+    u64 wu[SAMPLE_WARPS];
+    int wi[SAMPLE_WARPS];
+    float wf[SAMPLE_WARPS];
+    u64 total_u;
+    int total_i;
+    int sel_digit;
+    u64 sel_above;
+};
+
+/* p in [0, 1] -> its mass; 0 for dropped tokens */
+__device__ __forceinline__ u64 pmass(float p)
+{
+    return (u64)((double)p * 17592186044416.0 + 0.5); /* 2^44 */
+}
+
+/* float -> uint32 with the same order (for finite and infinite values) */
+__device__ __forceinline__ uint32_t fkey(float f)
+{
+    uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float block_max(float v, sample_smem &sm)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) sm.wf[w] = v;
+    __syncthreads();
+    v = sm.wf[0];
+    for (int i = 1; i < SAMPLE_WARPS; i++) v = fmaxf(v, sm.wf[i]);
+    __syncthreads();
+    return v;
+}
+
+/* exclusive prefix sum over threads in thread order; *total gets the sum of all */
+template <typename T> __device__ __forceinline__ T block_excl_scan(T v, T *total, T *ws, T *tot)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    T incl = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        T t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    if (lane == 31) ws[w] = incl;
+    __syncthreads();
+    if (w == 0) {
+        T s = lane < SAMPLE_WARPS ? ws[lane] : (T)0, si = s;
+        for (int o = 1; o < 32; o <<= 1) {
+            T t = __shfl_up_sync(0xffffffffu, si, o);
+            if (lane >= o) si += t;
+        }
+        if (lane < SAMPLE_WARPS) ws[lane] = si - s;
+        if (lane == 31) *tot = si;
+    }
+    __syncthreads();
+    T r = ws[w] + incl - v;
+    *total = *tot;
+    __syncthreads();
+    return r;
+}
+
+/*
+ * The largest key K with stat(key >= K) >= target, over the elements f(i) -> (key, stat > 0);
+ * *above = stat(key > K) (< target). Four passes of 8 bits from the top, each a histogram of the
+ * stat over the next digit among the elements that match the digits chosen so far.
+ */
+template <typename F>
+__device__ uint32_t radix_select(F f, int V, u64 target, u64 *above_out, sample_smem &sm)
+{
+    uint32_t prefix = 0;
+    u64 above = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) sm.hist[d] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            uint32_t key;
+            u64 st = f(i, &key);
+            if (!st || (shift < 24 && (key >> (shift + 8)) != prefix)) continue;
+            atomicAdd(&sm.hist[(key >> shift) & 255], st);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            u64 s = 0; /* lane l holds digits 255 - 8l down to 248 - 8l */
+            for (int j = 0; j < 8; j++) s += sm.hist[255 - 8 * lane - j];
+            u64 incl = s;
+            for (int o = 1; o < 32; o <<= 1) {
+                u64 t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
+            }
+            unsigned hit = __ballot_sync(0xffffffffu, above + incl >= target);
+            int src = hit ? __ffs(hit) - 1 : 31;
+            if (lane == src) {
+                u64 acc = above + incl - s;
+                int d = 255 - 8 * lane;
+                for (int j = 0; j < 7 && acc + sm.hist[d] < target; j++) acc += sm.hist[d--];
+                sm.sel_digit = d;
+                sm.sel_above = acc;
+            }
+        }
+        __syncthreads();
+        prefix = (prefix << 8) | (uint32_t)sm.sel_digit;
+        above = sm.sel_above;
+    }
+    *above_out = above;
+    return prefix;
+}
+
+/* radix_select's element views: logits counted once each (top_k), probabilities by mass (top_p) */
+struct by_count {
+    const float *x;
+    __device__ u64 operator()(int i, uint32_t *key) const
+    {
+        *key = fkey(x[i]);
+        return x[i] > -INFINITY ? 1ull : 0ull;
+    }
+};
+
+struct by_mass {
+    const float *x;
+    __device__ u64 operator()(int i, uint32_t *key) const
+    {
+        *key = __float_as_uint(x[i]);
+        return pmass(x[i]);
+    }
+};
+
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_kernel(float *logits, int64_t stride, int V, const struct loom_sample_row *rows,
+                  const struct loom_logit_edit *edits, int32_t *out)
+{
+    PDL_PROLOGUE();
+    __shared__ sample_smem sm;
+    const int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
+    const struct loom_sample_row R = rows[r];
+    if (R.skip) {
+        if (tid == 0) out[r] = -1;
+        return;
+    }
+    float *x = logits + (int64_t)r * stride;
+
+    /* edits, in the host's order */
+    const struct loom_logit_edit *ed = edits + R.edit0;
+    for (int i = tid; i < R.n_mask; i += nt) x[ed[i].token] = -INFINITY;
+    __syncthreads();
+    ed += R.n_mask;
+    if (tid == 0) /* logit_bias may name a token twice: added one after another */
+        for (int i = 0; i < R.n_bias; i++) x[ed[i].token] += ed[i].value;
+    __syncthreads();
+    ed += R.n_bias;
+    for (int i = tid; i < R.n_rep; i += nt) {
+        const int t = ed[i].token;
+        const float v = x[t], pen = ed[i].value;
+        x[t] = v > 0 ? __fdiv_rn(v, pen) : v * pen;
+    }
+    __syncthreads();
+    ed += R.n_rep;
+    for (int i = tid; i < R.n_sub; i += nt) x[ed[i].token] -= ed[i].value;
+    __syncthreads();
+
+    if (R.temperature < SAMPLING_EPS) { /* greedy: the largest logit, the lowest id on ties */
+        float best = -INFINITY;
+        int bi = 0x7fffffff;
+        for (int i = tid; i < V; i += nt)
+            if (x[i] > best || bi == 0x7fffffff) best = x[i], bi = i;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ob > best || (ob == best && oi < bi)) best = ob, bi = oi;
+        }
+        if ((tid & 31) == 0) sm.wf[tid >> 5] = best, sm.wi[tid >> 5] = bi;
+        __syncthreads();
+        if (tid == 0) {
+            for (int w = 1; w < SAMPLE_WARPS; w++)
+                if (sm.wf[w] > best || (sm.wf[w] == best && sm.wi[w] < bi)) best = sm.wf[w], bi = sm.wi[w];
+            out[r] = bi;
+        }
+        return;
+    }
+
+    const float inv_t = __fdiv_rn(1.0f, R.temperature);
+    float m = -INFINITY;
+    for (int i = tid; i < V; i += nt) {
+        float v = x[i] * inv_t;
+        x[i] = v;
+        m = fmaxf(m, v);
+    }
+    m = block_max(m, sm);
+    if (m == -INFINITY) { /* everything masked: as the host, token 0 */
+        if (tid == 0) out[r] = 0;
+        return;
+    }
+    if (R.min_p > 0) {
+        const float thr = m + logf(R.min_p);
+        for (int i = tid; i < V; i += nt)
+            if (x[i] < thr) x[i] = -INFINITY;
+    }
+    if (R.top_k > 0) {
+        int cnt = 0;
+        for (int i = tid; i < V; i += nt) cnt += x[i] > -INFINITY;
+        int n_finite;
+        block_excl_scan<int>(cnt, &n_finite, sm.wi, &sm.total_i);
+        if (R.top_k < n_finite) {
+            u64 above;
+            const uint32_t K = radix_select(by_count{x}, V, (u64)R.top_k, &above, sm);
+            for (int i = tid; i < V; i += nt)
+                if (fkey(x[i]) < K) x[i] = -INFINITY;
+        }
+    }
+    for (int i = tid; i < V; i += nt) x[i] = x[i] > -INFINITY ? expf(x[i] - m) : 0.0f;
+    __syncthreads();
+
+    /* top_p: keep p's bits > K, and the first n_tied_keep (in id order) of those equal to K */
+    const bool top_p = R.top_p < 1.0f;
+    uint32_t K = 0;
+    u64 n_tied_keep = 0;
+    if (top_p) {
+        u64 z = 0, s = 0;
+        for (int i = tid; i < V; i += nt) s += pmass(x[i]);
+        block_excl_scan<u64>(s, &z, sm.wu, &sm.total_u);
+        u64 target = (u64)((double)R.top_p * (double)z);
+        if (target < 1) target = 1;
+        u64 above;
+        K = radix_select(by_mass{x}, V, target, &above, sm);
+        const u64 pk = pmass(__uint_as_float(K));
+        n_tied_keep = pk ? (target - above + pk - 1) / pk : 0;
+    }
+
+    /* the draw, in id order: thread t owns ids [t * seg, (t + 1) * seg) */
+    const int seg = (V + nt - 1) / nt, lo = tid * seg, hi = lo + seg < V ? lo + seg : V;
+    u64 tie0 = 0;
+    if (top_p) {
+        u64 c = 0, all;
+        for (int i = lo; i < hi; i++) c += pmass(x[i]) && __float_as_uint(x[i]) == K;
+        tie0 = block_excl_scan<u64>(c, &all, sm.wu, &sm.total_u);
+    }
+    u64 mass = 0, total;
+    {
+        u64 t = tie0;
+        for (int i = lo; i < hi; i++) {
+            const u64 f = pmass(x[i]);
+            const uint32_t b = __float_as_uint(x[i]);
+            if (f && (!top_p || b > K || (b == K && t++ < n_tied_keep))) mass += f;
+        }
+    }
+    const u64 base = block_excl_scan<u64>(mass, &total, sm.wu, &sm.total_u);
+    u64 u = (u64)(R.u * (double)total);
+    if (u >= total) u = total - 1;
+    if (mass && base <= u && u < base + mass) {
+        u64 acc = base, t = tie0;
+        for (int i = lo; i < hi; i++) {
+            const u64 f = pmass(x[i]);
+            const uint32_t b = __float_as_uint(x[i]);
+            if (!(f && (!top_p || b > K || (b == K && t++ < n_tied_keep)))) continue;
+            acc += f;
+            if (acc > u) {
+                out[r] = i;
+                break;
+            }
+        }
+    }
+}
+
+void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
+                 const struct loom_logit_edit *edits, int n_edits, int32_t *tokens)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    LOOM_ASSERT(logits.dtype == LOOM_DTYPE_F32 && logits.rows >= n && n >= 0 && n_edits >= 0);
+    if (n == 0) return;
+    const size_t rows_b = sizeof(*rows) * (size_t)n, edits_b = sizeof(*edits) * (size_t)n_edits;
+    const size_t need = ((rows_b + 255) & ~(size_t)255) + ((edits_b + 255) & ~(size_t)255) + sizeof(int32_t) * (size_t)n;
+    if (need > c->sample_cap) { /* grows rarely: the first steps, or a request with a very long penalized prompt */
+        if (c->sample_buf) be->ops->free(be, c->sample_buf);
+        c->sample_cap = need * 2 > ((size_t)1 << 20) ? need * 2 : ((size_t)1 << 20);
+        c->sample_buf = be->ops->alloc(be, c->sample_cap);
+    }
+    unsigned char *d = (unsigned char *)c->sample_buf;
+    struct loom_sample_row *d_rows = (struct loom_sample_row *)d;
+    struct loom_logit_edit *d_edits = (struct loom_logit_edit *)(d + ((rows_b + 255) & ~(size_t)255));
+    int32_t *d_tokens = (int32_t *)((unsigned char *)d_edits + ((edits_b + 255) & ~(size_t)255));
+    be->ops->upload(be, d_rows, rows, rows_b);
+    if (n_edits) be->ops->upload(be, d_edits, edits, edits_b);
+    cuda_launch(c, sample_kernel, dim3((unsigned)n), dim3(SAMPLE_THREADS), 0, (float *)logits.data, logits.stride,
+                (int)logits.cols, (const struct loom_sample_row *)d_rows, (const struct loom_logit_edit *)d_edits,
+                d_tokens);
+    be->ops->download(be, tokens, d_tokens, sizeof(int32_t) * (size_t)n);
+}
