@@ -2,6 +2,7 @@
 # issue6_bench.sh: the CUDA benchmark set of issue 6 in one device call (bench/RESULTS.md quotes it).
 # Runs on the GPU machine with the binaries from bench/cuda/pack.sh:
 #   run(command='bash bench/cuda/issue6_bench.sh', carry=['.dev/cuda-bin.tgz', '.dev/shared'])
+# BIN=.dev/x-bin.tgz takes another pack; ONLY=REGEX runs only the matching steps; TESTS=0 skips the tests.
 # Random bf16 weights at real shapes (loom make-model); every figure with its command in $OUT/bench.log,
 # the --json files in $OUT/json.tgz. Later steps are skipped when the time budget (SECS) runs out.
 set -uo pipefail
@@ -9,21 +10,25 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/loom-bench-out}
 SECS=${SECS:-540}
 T0=$(date +%s)
+BIN=${BIN:-.dev/cuda-bin.tgz} # pack.sh's tarball (PACK=... names others)
 mkdir -p "$OUT/json" /tmp/loom-bin
-tar -C /tmp/loom-bin -xzf .dev/cuda-bin.tgz
-B=/tmp/loom-bin/cuda-bin
+tar -C /tmp/loom-bin -xzf "$BIN"
+B=/tmp/loom-bin/$(basename "$BIN" .tgz)
 export LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" LOOM_SHARED=$PWD/.dev/shared
 LOG=$OUT/bench.log
 left() { echo $(( SECS - ($(date +%s) - T0) )); }
+ONLY=${ONLY:-.} # a regex: only the steps whose names match run (e.g. ONLY='make_q05|q05_decode')
+TESTS=${TESTS:-1} # 0: skip the test programs
 step() { # step NAME MIN_SECONDS_LEFT COMMAND...
     local name=$1 need=$2; shift 2
+    if ! [[ $name =~ $ONLY ]]; then return; fi
     if [ "$(left)" -lt "$need" ]; then echo "SKIP $name (time)" | tee -a "$LOG"; return; fi
     echo "== $name: $*" | tee -a "$LOG"
     timeout "$(left)" "$@" >>"$LOG" 2>"$OUT/json/$name.err"; echo "rc=$?" >>"$LOG"
     grep -E "throughput|Mean decode|Mean prefill|bandwidth" "$LOG" | tail -4
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG"
-for t in "$B"/test_cuda_*; do timeout 200 "$t" > "$OUT/json/$(basename "$t").log" 2>&1; echo "$(basename "$t") rc=$? $(tail -1 "$OUT/json/$(basename "$t").log")" | tee -a "$LOG"; done
+[ "$TESTS" = 0 ] || for t in "$B"/test_cuda_*; do timeout 200 "$t" > "$OUT/json/$(basename "$t").log" 2>&1; echo "$(basename "$t") rc=$? $(tail -1 "$OUT/json/$(basename "$t").log")" | tee -a "$LOG"; done
 L="$B/loom bench latency"
 step make_q05 30 "$B/loom" make-model .dev/shared/configs/qwen2-0.5b.json /tmp/q05 --seed 1
 step q05_decode_b1 30 $L /tmp/q05 --device cuda --batch-size 1 --input-len 128 --output-len 256 --num-iters-warmup 1 --num-iters 3 --temperature 0 --json "$OUT/json/q05_decode_b1.json"
