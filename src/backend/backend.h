@@ -41,6 +41,14 @@ static inline struct loom_tensor loom_tensor_rows(struct loom_tensor x, int64_t 
     return x;
 }
 
+/* Columns [c0, c0 + n) of x (a strided view). */
+static inline struct loom_tensor loom_tensor_cols(struct loom_tensor x, int64_t c0, int64_t n)
+{
+    x.data = (char *)x.data + (size_t)c0 * loom_dtype_size(x.dtype);
+    x.cols = n;
+    return x;
+}
+
 /* The same contiguous memory seen as rows x cols (x must be contiguous: stride == cols). */
 static inline struct loom_tensor loom_tensor_reshape(struct loom_tensor x, int64_t rows, int64_t cols)
 {
@@ -126,6 +134,18 @@ struct loom_backend_ops {
     /* k_cache/v_cache: [num_slots, n_kv_heads * head_dim]; row slot_mapping[i] = k[i] / v[i] */
     void (*kv_store)(struct loom_backend *be, struct loom_tensor k_cache, struct loom_tensor v_cache,
                      struct loom_tensor k, struct loom_tensor v, const int32_t *slot_mapping);
+    /* The attention prologue in one op. qkv: [n, (n_heads + 2 * n_kv_heads) * head_dim], each row q | k | v
+     * (one fused matmul's output, or three written into its column ranges). Per row i, as rmsnorm +
+     * rope + kv_store would: when q_norm and k_norm are non-NULL (Qwen3; [1, head_dim] each, both or
+     * neither), every q and k head is RMS-normed (eps); q and k are rotated as rope() does (positions[i],
+     * inv_freq); then k and v go to row slot_mapping[i] of k_cache / v_cache (negative: skipped). The q
+     * columns of qkv are rotated in place, so {qkv.data, n, n_heads * head_dim, stride qkv.stride} is
+     * attention's q afterwards; what the k columns hold afterwards is unspecified. */
+    void (*qkv_rope_store)(struct loom_backend *be, struct loom_tensor qkv, const int32_t *positions,
+                           const int32_t *slot_mapping, int n_heads, int n_kv_heads, int head_dim,
+                           struct loom_tensor inv_freq, const struct loom_tensor *q_norm,
+                           const struct loom_tensor *k_norm, float eps, struct loom_tensor k_cache,
+                           struct loom_tensor v_cache);
     /* Paged causal attention (GQA: head h reads kv head h / (n_heads / n_kv_heads)).
      * out, q: [n_tokens, n_heads * head_dim] */
     void (*attention)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q,
@@ -162,6 +182,9 @@ struct loom_backend {
     enum loom_dtype act_dtype;
     int threads;
     void *ctx;                /* the backend's own state */
+    /* upload_weights copies into backend memory (CUDA): the model then concatenates q|k|v and gate|up
+     * weights at load for free. False on the CPU, which reads the mmapped file in place. */
+    bool copies_weights;
 };
 
 struct loom_backend_options {

@@ -5,10 +5,12 @@
  *
  *   x = embed[tokens]
  *   per layer:  h = rmsnorm(x)                 (fused with the previous sublayer's residual add)
- *               q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv);  per-head q/k rmsnorm (Qwen3)
- *               rope(q, k);  K/V -> pool at slot_mapping;  a = paged causal attention (window)
+ *               q|k|v = h Wqkv (+bqkv)   (one product where the weights were concatenated at load,
+ *                                          else three into the column ranges of the same rows)
+ *               per-head q/k rmsnorm (Qwen3), rope(q, k), K/V -> pool at slot_mapping: one op
+ *               a = paged causal attention (window), reading q in place (strided)
  *               x += a Wo (+bo);  h = rmsnorm(x)
- *               dense: x += (silu(h Wg) * h Wu) Wd
+ *               dense: g|u = h Wg|u (one product, or two);  x += (silu(g) * u) Wd
  *               MoE:   p = softmax(h Wr), top-k (renormalized as the architecture does); for each
  *                      expert e: x[rows routed to e] += w * expert_e(h[those rows])
  *   logits = rmsnorm(x)[logit_rows] @ lm_head^T, in chunks of rows, downloaded as F32
@@ -103,8 +105,8 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
         .h_query_start = b->query_start, .h_seq_lens = b->seq_lens,
     };
 
-    struct loom_tensor x = ws_rows(mi->x, n), h = ws_rows(mi->h, n), q = ws_rows(mi->q, n), k = ws_rows(mi->k, n),
-                       v = ws_rows(mi->v, n), attn = ws_rows(mi->attn, n), o = ws_rows(mi->o, n);
+    struct loom_tensor x = ws_rows(mi->x, n), h = ws_rows(mi->h, n), qkv = ws_rows(mi->qkv, n), q = ws_rows(mi->q, n),
+                       k = ws_rows(mi->k, n), v = ws_rows(mi->v, n), attn = ws_rows(mi->attn, n), o = ws_rows(mi->o, n);
     const float scale = (float)(1.0 / sqrt((double)D));
     bool pending = false; /* o holds a sublayer output not yet added into x */
 
@@ -114,18 +116,16 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
         if (pending) ops->add_rmsnorm(be, x, o, h, L->attn_norm, c->rms_norm_eps);
         else ops->rmsnorm(be, h, x, L->attn_norm, c->rms_norm_eps);
 
-        ops->matmul(be, q, h, L->wq, L->bq.data ? &L->bq : NULL);
-        ops->matmul(be, k, h, L->wk, L->bk.data ? &L->bk : NULL);
-        ops->matmul(be, v, h, L->wv, L->bv.data ? &L->bv : NULL);
-        if (c->qk_norm) {
-            struct loom_tensor qh = loom_tensor_reshape(q, (int64_t)n * NH, D);
-            struct loom_tensor kh = loom_tensor_reshape(k, (int64_t)n * NKV, D);
-            ops->rmsnorm(be, qh, qh, L->q_norm, c->rms_norm_eps);
-            ops->rmsnorm(be, kh, kh, L->k_norm, c->rms_norm_eps);
+        if (L->wqkv.data) { /* one product into q | k | v */
+            ops->matmul(be, qkv, h, L->wqkv, L->bqkv.data ? &L->bqkv : NULL);
+        } else { /* three, into the column ranges of the same rows */
+            ops->matmul(be, q, h, L->wq, L->bq.data ? &L->bq : NULL);
+            ops->matmul(be, k, h, L->wk, L->bk.data ? &L->bk : NULL);
+            ops->matmul(be, v, h, L->wv, L->bv.data ? &L->bv : NULL);
         }
-        ops->rope(be, q, mi->d_positions, NH, D, mi->inv_freq);
-        ops->rope(be, k, mi->d_positions, NKV, D, mi->inv_freq);
-        ops->kv_store(be, L->k_cache, L->v_cache, k, v, mi->d_slots);
+        ops->qkv_rope_store(be, qkv, mi->d_positions, mi->d_slots, NH, NKV, D, mi->inv_freq,
+                            c->qk_norm ? &L->q_norm : NULL, c->qk_norm ? &L->k_norm : NULL, c->rms_norm_eps,
+                            L->k_cache, L->v_cache);
         ops->attention(be, attn, q, L->k_cache, L->v_cache, &meta, NH, NKV, D, scale, L->sliding_window);
         ops->matmul(be, o, attn, L->wo, L->bo.data ? &L->bo : NULL);
         ops->add_rmsnorm(be, x, o, h, L->mlp_norm, c->rms_norm_eps);
@@ -135,10 +135,15 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
             pending = false;
         } else {
             const int I = c->intermediate_size;
-            struct loom_tensor g = ws_view(mi->gate, n, I), u = ws_view(mi->up, n, I);
-            ops->matmul(be, g, h, L->gate, NULL);
-            ops->matmul(be, u, h, L->up, NULL);
-            ops->silu_mul(be, g, g, u);
+            struct loom_tensor gu = ws_view(mi->gate_up, n, 2 * (int64_t)I);
+            struct loom_tensor g = loom_tensor_cols(gu, 0, I), u = loom_tensor_cols(gu, I, I);
+            if (L->gate_up.data) {
+                ops->matmul(be, gu, h, L->gate_up, NULL);
+            } else {
+                ops->matmul(be, g, h, L->gate, NULL);
+                ops->matmul(be, u, h, L->up, NULL);
+            }
+            ops->silu_mul(be, g, g, u); /* in place into the gate half; down reads it strided */
             ops->matmul(be, o, g, L->down, NULL);
             pending = true;
         }

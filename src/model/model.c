@@ -71,11 +71,10 @@ static void compute_inv_freq(const struct loom_model_config *c, float *inv)
 
 /* ---------------------------------------------------------------------------------------------- */
 
-static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, enum loom_dtype want,
-                       struct loom_tensor *out)
+/* The file's tensor for spec s, checked for presence, shape and dtype. */
+static int find_weight(struct loom_model *m, const struct loom_weight_spec *s, const struct loom_st_tensor **out)
 {
     struct model_impl *mi = m->impl;
-    struct loom_backend *be = m->be;
     const struct loom_st_tensor *t = loom_safetensors_find(mi->st, s->name);
     if (!t)
         return loom_fail(LOOM_ENOTFOUND, "missing tensor '%s' (%s needs it; is a shard or the index incomplete?)",
@@ -93,6 +92,18 @@ static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, e
     if (t->dtype != LOOM_DTYPE_F32 && t->dtype != LOOM_DTYPE_F16 && t->dtype != LOOM_DTYPE_BF16)
         return loom_fail(LOOM_EUNSUPPORTED, "tensor '%s' is %s; loom reads F32, F16 and BF16 weights", s->name,
                          loom_dtype_name(t->dtype));
+    *out = t;
+    return 0;
+}
+
+static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, enum loom_dtype want,
+                       struct loom_tensor *out)
+{
+    struct model_impl *mi = m->impl;
+    struct loom_backend *be = m->be;
+    const struct loom_st_tensor *t;
+    int st;
+    if ((st = find_weight(m, s, &t))) return st;
     int64_t rows = s->ndim == 1 ? 1 : s->shape[0], cols = s->ndim == 1 ? s->shape[0] : s->shape[1];
     void *p = be->ops->upload_weights(be, t->data, t->nbytes);
     const bool copied = p != t->data; /* the CPU reads the mapping itself; a GPU gets a copy */
@@ -114,6 +125,67 @@ static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, e
     return 0;
 }
 
+/*
+ * Fused weights: the pieces (q, k, v; their biases; gate, up) of one layer in one backend allocation,
+ * rows after rows (1-D biases end to end), each converted to the wanted dtype on the way. Only where
+ * upload_weights copies anyway (be->copies_weights, a GPU): the same device memory as separate
+ * tensors, and one matmul instead of two or three. The CPU reads the mmapped file in place, and a
+ * concatenation there would copy the model into RAM: it keeps the separate matmuls, writing into the
+ * column ranges of the same workspace rows. LOOM_FUSE_WEIGHTS=0 turns fusing off, =1 on even on the
+ * CPU (a copy of those weights in RAM; for tests and comparisons).
+ */
+static int bind_concat(struct loom_model *m, struct loom_weight_spec *const *sp, int np, enum loom_dtype want,
+                       struct loom_tensor *whole, struct loom_tensor **pieces)
+{
+    struct model_impl *mi = m->impl;
+    struct loom_backend *be = m->be;
+    const struct loom_st_tensor *t[4];
+    int s;
+    LOOM_ASSERT(np >= 2 && np <= 4);
+    int64_t total_rows = 0, elems = 0;
+    for (int i = 0; i < np; i++) {
+        if ((s = find_weight(m, sp[i], &t[i]))) return s;
+        total_rows += sp[i]->shape[0];
+        elems += sp[i]->ndim == 1 ? sp[i]->shape[0] : sp[i]->shape[0] * sp[i]->shape[1];
+    }
+    const bool vec = sp[0]->ndim == 1;
+    const enum loom_dtype dt = want != LOOM_DTYPE_COUNT ? want : t[0]->dtype;
+    const size_t es = loom_dtype_size(dt);
+    char *base = own(mi, be->ops->alloc(be, (size_t)elems * es));
+    int64_t off = 0; /* elements */
+    for (int i = 0; i < np; i++) {
+        const int64_t rows = vec ? 1 : sp[i]->shape[0], cols = vec ? sp[i]->shape[0] : sp[i]->shape[1];
+        struct loom_tensor dst = loom_tensor_2d(base + (size_t)off * es, dt, rows, cols);
+        if (t[i]->dtype == dt) {
+            be->ops->upload(be, dst.data, t[i]->data, t[i]->nbytes);
+        } else {
+            void *p = be->ops->upload_weights(be, t[i]->data, t[i]->nbytes);
+            be->ops->convert(be, dst, loom_tensor_2d(p, t[i]->dtype, rows, cols));
+            be->ops->synchronize(be);
+            if (p != t[i]->data) be->ops->free(be, p);
+        }
+        be->ops->synchronize(be); /* the upload's staging is free again */
+        *pieces[i] = dst;
+        off += rows * cols;
+    }
+    *whole = vec ? loom_tensor_2d(base, dt, 1, elems) : loom_tensor_2d(base, dt, total_rows, sp[0]->shape[1]);
+    return 0;
+}
+
+/* Whether the pieces can be one tensor: all present, one dtype after conversion, one width. */
+static bool can_concat(struct loom_model *m, struct loom_weight_spec *const *sp, int np, enum loom_dtype want)
+{
+    for (int i = 0; i < np; i++) {
+        if (!sp[i]) return false;
+        const struct loom_st_tensor *t = loom_safetensors_find(((struct model_impl *)m->impl)->st, sp[i]->name), *t0;
+        if (!t) return false;
+        if (sp[i]->ndim != sp[0]->ndim || (sp[0]->ndim == 2 && sp[i]->shape[1] != sp[0]->shape[1])) return false;
+        t0 = loom_safetensors_find(((struct model_impl *)m->impl)->st, sp[0]->name);
+        if (want == LOOM_DTYPE_COUNT && t->dtype != t0->dtype) return false;
+    }
+    return true;
+}
+
 static int bind_all(struct loom_model *m, enum loom_dtype want)
 {
     struct model_impl *mi = m->impl;
@@ -121,8 +193,53 @@ static int bind_all(struct loom_model *m, enum loom_dtype want)
     struct loom_weight_spec *specs;
     int n, s;
     if ((s = loom_arch_weights(c, &specs, &n))) return s;
+
+    /* the pieces of each layer's fused weights: q k v, bq bk bv, gate up */
+    enum { P_Q, P_K, P_V, P_QB, P_KB, P_VB, P_GATE, P_UP, P_COUNT };
+    struct loom_weight_spec *(*piece)[P_COUNT] = loom_calloc((size_t)c->num_layers, sizeof(*piece));
+    bool *skip = loom_calloc((size_t)n + 1, sizeof(bool));
+    const char *fe = getenv("LOOM_FUSE_WEIGHTS");
+    int n_qkv = 0, n_gu = 0;
+    const bool fuse = fe && *fe ? strcmp(fe, "0") != 0 : m->be->copies_weights;
+    for (int i = 0; fuse && i < n; i++) {
+        struct loom_weight_spec *sp = &specs[i];
+        if (sp->layer < 0 || sp->expert >= 0) continue;
+        int k = sp->kind == LOOM_W_Q ? P_Q : sp->kind == LOOM_W_K ? P_K : sp->kind == LOOM_W_V ? P_V
+              : sp->kind == LOOM_W_Q_BIAS ? P_QB : sp->kind == LOOM_W_K_BIAS ? P_KB : sp->kind == LOOM_W_V_BIAS ? P_VB
+              : sp->kind == LOOM_W_GATE ? P_GATE : sp->kind == LOOM_W_UP ? P_UP : -1;
+        if (k >= 0) piece[sp->layer][k] = sp;
+    }
+    for (int l = 0; fuse && l < c->num_layers; l++) {
+        struct model_layer *L = &mi->layers[l];
+        struct loom_weight_spec **p = piece[l];
+        bool any_bias = p[P_QB] || p[P_KB] || p[P_VB];
+        bool qkv = can_concat(m, p + P_Q, 3, want) && (!any_bias || can_concat(m, p + P_QB, 3, want));
+        bool gu = can_concat(m, p + P_GATE, 2, want);
+        for (int i = 0; i < n; i++) {
+            const struct loom_weight_spec *sp = &specs[i];
+            if (sp->layer != l || sp->expert >= 0) continue;
+            if (qkv && (sp == p[P_Q] || sp == p[P_K] || sp == p[P_V] || sp == p[P_QB] || sp == p[P_KB] || sp == p[P_VB]))
+                skip[i] = true;
+            if (gu && (sp == p[P_GATE] || sp == p[P_UP])) skip[i] = true;
+        }
+        struct loom_tensor *qkv_t[3] = {&L->wq, &L->wk, &L->wv}, *b_t[3] = {&L->bq, &L->bk, &L->bv},
+                           *gu_t[2] = {&L->gate, &L->up};
+        if (qkv && (s = bind_concat(m, p + P_Q, 3, want, &L->wqkv, qkv_t))) break;
+        if (qkv && any_bias && (s = bind_concat(m, p + P_QB, 3, want, &L->bqkv, b_t))) break;
+        if (gu && (s = bind_concat(m, p + P_GATE, 2, want, &L->gate_up, gu_t))) break;
+        n_qkv += qkv;
+        n_gu += gu;
+    }
+    if (fuse) LOG_DEBUG("weights: q|k|v concatenated in %d of %d layers, gate|up in %d", n_qkv, c->num_layers, n_gu);
+    free(piece);
+    if (s) {
+        free(skip);
+        free(specs);
+        return s;
+    }
     for (int i = 0; i < n; i++) {
         const struct loom_weight_spec *sp = &specs[i];
+        if (skip[i]) continue;
         struct model_layer *L = sp->layer >= 0 ? &mi->layers[sp->layer] : NULL;
         struct loom_tensor *dst = NULL;
         switch (sp->kind) {
@@ -152,10 +269,12 @@ static int bind_all(struct loom_model *m, enum loom_dtype want)
         }
         LOOM_ASSERT(dst != NULL);
         if ((s = bind_weight(m, sp, want, dst))) {
+            free(skip);
             free(specs);
             return s;
         }
     }
+    free(skip);
     free(specs);
     if (c->tie_word_embeddings) mi->lm_head = mi->embed;
     return 0;
@@ -172,13 +291,16 @@ static void alloc_workspace(struct loom_model *m)
               KW = c->num_kv_heads * c->head_dim;
     mi->x = ws_tensor(m, act, T, H);
     mi->h = ws_tensor(m, act, T, H);
-    mi->q = ws_tensor(m, act, T, QW);
-    mi->k = ws_tensor(m, act, T, KW);
-    mi->v = ws_tensor(m, act, T, KW);
+    mi->qkv = ws_tensor(m, act, T, QW + 2 * KW);
+    mi->q = loom_tensor_cols(mi->qkv, 0, QW);
+    mi->k = loom_tensor_cols(mi->qkv, QW, KW);
+    mi->v = loom_tensor_cols(mi->qkv, QW + KW, KW);
     mi->attn = ws_tensor(m, act, T, QW);
     mi->o = ws_tensor(m, act, T, H);
-    mi->gate = ws_tensor(m, act, T, mi->ffn_width);
-    mi->up = ws_tensor(m, act, T, mi->ffn_width);
+    mi->gate_up = ws_tensor(m, act, T, 2 * (int64_t)mi->ffn_width);
+    mi->gate = loom_tensor_2d(mi->gate_up.data, act, T, mi->ffn_width);
+    mi->up = loom_tensor_2d((char *)mi->gate_up.data + (size_t)T * (size_t)mi->ffn_width * loom_dtype_size(act), act, T,
+                            mi->ffn_width);
     mi->hl = ws_tensor(m, act, mi->max_logit_rows, H);
     mi->logits = ws_tensor(m, LOOM_DTYPE_F32, mi->logit_chunk, c->vocab_size);
     if (c->num_experts > 0) {

@@ -15,6 +15,10 @@ struct model_layer {
     struct loom_tensor wq, wk, wv, wo;       /* [heads * D, H], [kv_heads * D, H] x2, [H, heads * D] */
     struct loom_tensor bq, bk, bv, bo;       /* biases [1, out] (data NULL when absent) */
     struct loom_tensor q_norm, k_norm;       /* [1, D] (Qwen3) */
+    /* Concatenated at load where the backend copies weights anyway (be->copies_weights), else data NULL:
+     * wqkv [(heads + 2 kv_heads) * D, H] with bqkv [1, that] (data NULL without biases), gate_up [2I, H].
+     * wq, wk, wv (bq, bk, bv) and gate, up are then views of their pieces. */
+    struct loom_tensor wqkv, bqkv, gate_up;
     struct loom_tensor mlp_norm;             /* [1, H] */
     struct loom_tensor gate, up, down;       /* dense: [I, H], [I, H], [H, I] */
     bool moe;
@@ -45,10 +49,12 @@ struct model_impl {
     /* activations, act dtype unless noted */
     struct loom_tensor x;      /* [T, H] residual stream */
     struct loom_tensor h;      /* [T, H] normed input of a sublayer */
-    struct loom_tensor q, k, v; /* [T, heads * D], [T, kv_heads * D] x2 */
+    struct loom_tensor qkv;    /* [T, (heads + 2 kv_heads) * D]: each row q | k | v */
+    struct loom_tensor q, k, v; /* column views of qkv: [T, heads * D], [T, kv_heads * D] x2, stride of qkv */
     struct loom_tensor attn;   /* [T, heads * D] */
     struct loom_tensor o;      /* [T, H] sublayer output */
-    struct loom_tensor gate, up; /* [T, ffn_width] */
+    struct loom_tensor gate, up; /* [T, ffn_width] each, contiguous: the two halves of one allocation */
+    struct loom_tensor gate_up;  /* [T, 2 ffn_width] that allocation (dense layers view it as [n, 2I]) */
     struct loom_tensor hl;     /* [max_logit_rows, H] the normed rows whose logits are wanted */
     struct loom_tensor logits; /* F32 [logit_chunk, V] */
 

@@ -542,6 +542,78 @@ static void test_threadpool(void)
     loom_threadpool_free(one);
 }
 
+/* qkv_rope_store against the op sequence it replaces (rmsnorm per head, rope on q and on k, kv_store),
+ * bit for bit: strided q|k|v rows, GQA, a -1 padding slot, with and without the per-head norms (weights
+ * F32 and BF16), and head dims of 64 and 6. Untouched cache rows must keep their values. */
+static void test_qkv_rope_store(struct loom_backend *be, const char *label)
+{
+    static const int cases[][5] = {/* n, heads, kv heads, head_dim, stride pad */
+                                   {5, 4, 2, 64, 3}, {1, 14, 2, 64, 0}, {9, 3, 3, 6, 1}, {4, 8, 1, 16, 5}};
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        for (int norm = 0; norm <= 2; norm++) {
+            const int n = cases[ci][0], NH = cases[ci][1], NKV = cases[ci][2], D = cases[ci][3];
+            const int QW = NH * D, KW = NKV * D, W = QW + 2 * KW, slots_n = 3 * n + 7;
+            struct mat qkv = mat_rand(LOOM_DTYPE_F32, n, W, W + cases[ci][4], 0, 2.0);
+            enum loom_dtype ndt = norm == 2 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F32;
+            struct mat qn = mat_rand(ndt, 1, D, D, ndt == LOOM_DTYPE_BF16 ? 2 : 0, 1.0);
+            struct mat kn = mat_rand(ndt, 1, D, D, 0, 1.0);
+            struct mat kc = mat_rand(LOOM_DTYPE_F32, slots_n, KW, KW, 0, 1.0), vc = mat_rand(LOOM_DTYPE_F32, slots_n, KW, KW, 0, 1.0);
+            float inv[512];
+            for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(1e6, 2.0 * i / D));
+            int32_t pos[16], slots[16];
+            for (int i = 0; i < n; i++) {
+                pos[i] = (i * 977 + 3) % 40000;
+                slots[i] = (i * 3 + 1) % slots_n;
+            }
+            if (n > 2) slots[1] = -1;
+            struct loom_tensor it = loom_tensor_2d(inv, LOOM_DTYPE_F32, 1, D / 2);
+
+            /* the old sequence on contiguous copies */
+            size_t qb = (size_t)n * QW * 4, kb = (size_t)n * KW * 4, cb = (size_t)slots_n * KW * 4;
+            float *q0 = malloc(qb), *k0 = malloc(kb), *v0 = malloc(kb), *kc0 = malloc(cb), *vc0 = malloc(cb);
+            for (int i = 0; i < n; i++) {
+                const float *row = (const float *)qkv.data + (size_t)i * qkv.stride;
+                memcpy(q0 + (size_t)i * QW, row, (size_t)QW * 4);
+                memcpy(k0 + (size_t)i * KW, row + QW, (size_t)KW * 4);
+                memcpy(v0 + (size_t)i * KW, row + QW + KW, (size_t)KW * 4);
+            }
+            memcpy(kc0, kc.data, cb);
+            memcpy(vc0, vc.data, cb);
+            struct loom_tensor tq = loom_tensor_2d(q0, LOOM_DTYPE_F32, n, QW), tk = loom_tensor_2d(k0, LOOM_DTYPE_F32, n, KW);
+            if (norm) {
+                struct loom_tensor qh = loom_tensor_reshape(tq, (int64_t)n * NH, D), kh = loom_tensor_reshape(tk, (int64_t)n * NKV, D);
+                be->ops->rmsnorm(be, qh, qh, mat_t(qn), 1e-6f);
+                be->ops->rmsnorm(be, kh, kh, mat_t(kn), 1e-6f);
+            }
+            be->ops->rope(be, tq, pos, NH, D, it);
+            be->ops->rope(be, tk, pos, NKV, D, it);
+            be->ops->kv_store(be, loom_tensor_2d(kc0, LOOM_DTYPE_F32, slots_n, KW), loom_tensor_2d(vc0, LOOM_DTYPE_F32, slots_n, KW),
+                              tk, loom_tensor_2d(v0, LOOM_DTYPE_F32, n, KW), slots);
+
+            struct loom_tensor tqn = mat_t(qn), tkn = mat_t(kn);
+            be->ops->qkv_rope_store(be, mat_t(qkv), pos, slots, NH, NKV, D, it, norm ? &tqn : NULL, norm ? &tkn : NULL,
+                                    1e-6f, mat_t(kc), mat_t(vc));
+            int bad_q = 0;
+            for (int i = 0; i < n; i++)
+                bad_q += memcmp((const float *)qkv.data + (size_t)i * qkv.stride, q0 + (size_t)i * QW, (size_t)QW * 4) != 0;
+            CHECK_MSG(bad_q == 0, "%s qkv_rope_store n=%d %d/%d heads hd=%d norm=%d: q differs in %d rows", label, n, NH,
+                      NKV, D, norm, bad_q);
+            CHECK_MSG(!memcmp(kc.data, kc0, cb) && !memcmp(vc.data, vc0, cb),
+                      "%s qkv_rope_store n=%d %d/%d heads hd=%d norm=%d: the cache differs", label, n, NH, NKV, D, norm);
+            free(q0);
+            free(k0);
+            free(v0);
+            free(kc0);
+            free(vc0);
+            mat_free(&qkv);
+            mat_free(&qn);
+            mat_free(&kn);
+            mat_free(&kc);
+            mat_free(&vc);
+        }
+    }
+}
+
 int main(void)
 {
     test_threadpool();
@@ -555,6 +627,7 @@ int main(void)
             test_matmul(be, label, false);
             test_attention(be, label);
             test_rows_ops(be, label);
+            test_qkv_rope_store(be, label);
             loom_backend_destroy(be);
         }
     }

@@ -514,6 +514,117 @@ static void test_kv_store(int n_slots, int n, int cols)
     dten_free(&v);
 }
 
+/* qkv_rope_store: q|k|v rows (strided) -> per-head norms (optional), rope, K/V into the cache at a
+ * shuffled slot mapping with a padding slot (-1). Checked: q in place, and the whole K and V caches
+ * (rows not written keep their values; a row written where it should not be, or not written, fails). */
+static void test_qkv_rope_store(int n, int NH, int NKV, int D, int norm, int pad)
+{
+    enum loom_dtype act = be->act_dtype;
+    const int QW = NH * D, KW = NKV * D, W = QW + 2 * KW, n_slots = 2 * n + 3, half = D / 2;
+    const float eps = 1e-6f;
+    struct dten qkv = dten_make(act, n, W, W + pad, 2.f);
+    enum loom_dtype ndt = norm == 2 ? LOOM_DTYPE_BF16 : act;
+    struct dten qn = dten_make(ndt, 1, D, D, 1.f), kn = dten_make(ndt, 1, D, D, 1.f);
+    struct dten kc = dten_make(act, n_slots, KW, KW, 1.f), vc = dten_make(act, n_slots, KW, KW, 1.f);
+    float *inv = loom_malloc((size_t)half * sizeof(float));
+    for (int i = 0; i < half; i++) inv[i] = (float)pow(1e6, -2.0 * i / D);
+    int32_t *pos = loom_malloc((size_t)n * 4), *slots = loom_malloc((size_t)n * 4), *perm = loom_malloc((size_t)n_slots * 4);
+    for (int i = 0; i < n_slots; i++) perm[i] = i;
+    for (int i = n_slots - 1; i > 0; i--) {
+        int j = rng_int(i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < n; i++) {
+        pos[i] = rng_int(30000);
+        slots[i] = perm[i];
+    }
+    if (n > 1) slots[n / 2] = -1;
+    struct loom_tensor tinv = loom_tensor_2d(dev_f32(inv, half), LOOM_DTYPE_F32, 1, half);
+    int32_t *dpos = dev_i32(pos, n), *dslots = dev_i32(slots, n);
+
+    /* the double reference */
+    double *rq = dalloc((size_t)n * QW), *rk = dalloc((size_t)n_slots * KW), *rv = dalloc((size_t)n_slots * KW);
+    for (size_t i = 0; i < (size_t)n_slots * KW; i++) {
+        rk[i] = kc.h[i];
+        rv[i] = vc.h[i];
+    }
+    double *hv = dalloc((size_t)D);
+    for (int r = 0; r < n; r++) {
+        for (int hh = 0; hh < NH + NKV; hh++) {
+            const bool is_q = hh < NH;
+            const float *src = qkv.h + (size_t)r * qkv.t.stride + (size_t)hh * D;
+            double ss = 0;
+            for (int d = 0; d < D; d++) {
+                hv[d] = src[d];
+                ss += hv[d] * hv[d];
+            }
+            if (norm) {
+                double iv = 1.0 / sqrt(ss / D + eps);
+                const float *w = is_q ? qn.h : kn.h;
+                for (int d = 0; d < D; d++) hv[d] = hv[d] * iv * w[d];
+            }
+            double *dst = is_q ? rq + (size_t)r * QW + (size_t)hh * D
+                               : slots[r] >= 0 ? rk + (size_t)slots[r] * KW + (size_t)(hh - NH) * D : NULL;
+            if (!dst) continue;
+            for (int j = 0; j < half; j++) {
+                double f = (double)(float)((float)pos[r] * inv[j]);
+                dst[j] = hv[j] * cos(f) - hv[j + half] * sin(f);
+                dst[j + half] = hv[j + half] * cos(f) + hv[j] * sin(f);
+            }
+        }
+        if (slots[r] >= 0)
+            for (int c = 0; c < KW; c++) rv[(size_t)slots[r] * KW + c] = qkv.h[(size_t)r * qkv.t.stride + QW + KW + c];
+    }
+    struct loom_tensor cq = cpu_act(&qkv), ckc = cpu_act(&kc), cvc = cpu_act(&vc), cqn = cpu_raw(&qn), ckn = cpu_raw(&kn);
+    be->ops->qkv_rope_store(be, qkv.t, dpos, dslots, NH, NKV, D, tinv, norm ? &qn.t : NULL, norm ? &kn.t : NULL, eps,
+                            kc.t, vc.t);
+    cpu->ops->qkv_rope_store(cpu, cq, pos, slots, NH, NKV, D, loom_tensor_2d(inv, LOOM_DTYPE_F32, 1, half),
+                             norm ? &cqn : NULL, norm ? &ckn : NULL, eps, ckc, cvc);
+    float *gall = dten_get(&qkv), *gk = dten_get(&kc), *gv = dten_get(&vc);
+    float *gq = loom_malloc((size_t)n * QW * sizeof(float) + 4);
+    for (int r = 0; r < n; r++) memcpy(gq + (size_t)r * QW, gall + (size_t)r * W, (size_t)QW * sizeof(float));
+    char what[160];
+    /* the bf16 norm weights and the rounding of the normed value: the act tolerance still holds */
+    double tol = tol_for(act);
+    snprintf(what, sizeof what, "qkv_rope_store n=%d %d/%d hd=%d%s%s (q)", n, NH, NKV, D,
+             norm ? (norm == 2 ? " norm=bf16" : " norm") : "", pad ? " strided" : "");
+    compare(what, gq, rq, (size_t)n * QW, tol);
+    struct loom_tensor cqv = loom_tensor_cols(cq, 0, QW);
+    struct loom_tensor cqc = cpu_out(n, QW, QW);
+    for (int r = 0; r < n; r++)
+        memcpy((float *)cqc.data + (size_t)r * QW, (float *)cqv.data + (size_t)r * cqv.stride, (size_t)QW * sizeof(float));
+    compare_cpu(what, gq, cqc, tol);
+    snprintf(what, sizeof what, "qkv_rope_store n=%d %d/%d hd=%d%s (K cache)", n, NH, NKV, D, norm ? " norm" : "");
+    compare(what, gk, rk, (size_t)n_slots * KW, tol);
+    compare_cpu(what, gk, ckc, tol);
+    snprintf(what, sizeof what, "qkv_rope_store n=%d %d/%d hd=%d (V cache)", n, NH, NKV, D);
+    compare(what, gv, rv, (size_t)n_slots * KW, 1e-7);
+    compare_cpu(what, gv, cvc, 1e-7);
+    free(cq.data);
+    free(gall);
+    free(gq);
+    free(gk);
+    free(gv);
+    free(rq);
+    free(rk);
+    free(rv);
+    free(hv);
+    free(inv);
+    free(pos);
+    free(slots);
+    free(perm);
+    be->ops->free(be, tinv.data);
+    be->ops->free(be, dpos);
+    be->ops->free(be, dslots);
+    dten_free(&qkv);
+    dten_free(&qn);
+    dten_free(&kn);
+    dten_free(&kc);
+    dten_free(&vc);
+}
+
 static void test_moe_route(int n, int n_exp, int k, bool renorm)
 {
     enum loom_dtype act = be->act_dtype;
@@ -855,6 +966,13 @@ static void run_all(void)
     test_gather_scatter(64, 64, 33, LOOM_DTYPE_F16);
     test_kv_store(64, 10, 128);
     test_kv_store(1000, 77, 72);
+    test_qkv_rope_store(1, 14, 2, 64, 0, 0);   /* Qwen2-0.5B decode */
+    test_qkv_rope_store(7, 14, 2, 64, 0, 8);
+    test_qkv_rope_store(5, 16, 8, 128, 1, 0);  /* Qwen3: per-head norms */
+    test_qkv_rope_store(3, 4, 4, 128, 2, 24);  /* bf16 norm weights */
+    test_qkv_rope_store(33, 6, 2, 256, 1, 0);  /* four pairs a lane */
+    test_qkv_rope_store(2, 2, 1, 1024, 1, 0);  /* the largest head */
+    test_qkv_rope_store(4, 3, 1, 10, 0, 2);    /* odd sizes */
     test_moe_route(33, 8, 2, true);
     test_moe_route(5, 128, 8, false);
     test_moe_route(64, 60, 4, true);

@@ -230,30 +230,38 @@ struct rope_job {
     int n_heads, head_dim;
 };
 
+static void rope_angles(int32_t position, const float *inv, int half, float *cs, float *sn)
+{
+    float pos = (float)position;
+    for (int i = 0; i < half; i++) {
+        /* as transformers: the angle is a float32 product; cos/sin of it, rounded to float */
+        float ang = pos * inv[i];
+        cs[i] = (float)cos((double)ang);
+        sn[i] = (float)sin((double)ang);
+    }
+}
+
+static void rope_heads(float *row, int n_heads, int head_dim, const float *cs, const float *sn)
+{
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = row + (int64_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float x1 = v[i], x2 = v[i + half];
+            v[i] = x1 * cs[i] - x2 * sn[i];
+            v[i + half] = x2 * cs[i] + x1 * sn[i];
+        }
+    }
+}
+
 static void rope_rows(void *arg, int64_t b, int64_t e, int ith)
 {
     const struct rope_job *j = arg;
     (void)ith;
-    const int half = j->head_dim / 2;
     float cs[512], sn[512];
-    const float *inv = j->inv_freq.data;
     for (int64_t t = b; t < e; t++) {
-        float pos = (float)j->positions[t];
-        for (int i = 0; i < half; i++) {
-            /* as transformers: the angle is a float32 product; cos/sin of it, rounded to float */
-            float ang = pos * inv[i];
-            cs[i] = (float)cos((double)ang);
-            sn[i] = (float)sin((double)ang);
-        }
-        float *row = frow(j->x, t);
-        for (int h = 0; h < j->n_heads; h++) {
-            float *v = row + (int64_t)h * j->head_dim;
-            for (int i = 0; i < half; i++) {
-                float x1 = v[i], x2 = v[i + half];
-                v[i] = x1 * cs[i] - x2 * sn[i];
-                v[i + half] = x2 * cs[i] + x1 * sn[i];
-            }
-        }
+        rope_angles(j->positions[t], j->inv_freq.data, j->head_dim / 2, cs, sn);
+        rope_heads(frow(j->x, t), j->n_heads, j->head_dim, cs, sn);
     }
 }
 
@@ -284,6 +292,64 @@ static void cpu_kv_store(struct loom_backend *be, struct loom_tensor k_cache, st
         memcpy(cpu_row(k_cache, s), cpu_row(k, i), kb);
         memcpy(cpu_row(v_cache, s), cpu_row(v, i), vb);
     }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* qkv_rope_store: per row, the per-head norms (rmsnorm_row), rope (rope_angles / rope_heads) and the
+ * cache copies of rmsnorm + rope + kv_store, in that order: the same arithmetic, so the same bits. */
+
+struct qkv_job {
+    struct loom_tensor qkv, inv_freq, k_cache, v_cache;
+    const struct loom_tensor *q_norm, *k_norm;
+    const int32_t *positions, *slots;
+    int nh, nkv, hd;
+    float eps;
+};
+
+static void qkv_rows(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct qkv_job *j = arg;
+    (void)ith;
+    const int D = j->hd;
+    float cs[512], sn[512];
+    for (int64_t t = b; t < e; t++) {
+        float *q = frow(j->qkv, t), *k = q + (int64_t)j->nh * D, *v = k + (int64_t)j->nkv * D;
+        if (j->q_norm) {
+            for (int h = 0; h < j->nh; h++)
+                rmsnorm_row(q + (int64_t)h * D, q + (int64_t)h * D, j->q_norm->data, j->q_norm->dtype, D, j->eps);
+            for (int h = 0; h < j->nkv; h++)
+                rmsnorm_row(k + (int64_t)h * D, k + (int64_t)h * D, j->k_norm->data, j->k_norm->dtype, D, j->eps);
+        }
+        rope_angles(j->positions[t], j->inv_freq.data, D / 2, cs, sn);
+        rope_heads(q, j->nh, D, cs, sn);
+        rope_heads(k, j->nkv, D, cs, sn);
+        int64_t s = j->slots[t];
+        if (s < 0) continue; /* padding token */
+        LOOM_ASSERT(s < j->k_cache.rows && s < j->v_cache.rows);
+        memcpy(cpu_row(j->k_cache, s), k, (size_t)j->nkv * D * sizeof(float));
+        memcpy(cpu_row(j->v_cache, s), v, (size_t)j->nkv * D * sizeof(float));
+    }
+}
+
+static void cpu_qkv_rope_store(struct loom_backend *be, struct loom_tensor qkv, const int32_t *positions,
+                               const int32_t *slot_mapping, int n_heads, int n_kv_heads, int head_dim,
+                               struct loom_tensor inv_freq, const struct loom_tensor *q_norm,
+                               const struct loom_tensor *k_norm, float eps, struct loom_tensor k_cache,
+                               struct loom_tensor v_cache)
+{
+    const int64_t kw = (int64_t)n_kv_heads * head_dim;
+    LOOM_ASSERT(qkv.dtype == LOOM_DTYPE_F32 && inv_freq.dtype == LOOM_DTYPE_F32);
+    LOOM_ASSERT(k_cache.dtype == LOOM_DTYPE_F32 && v_cache.dtype == LOOM_DTYPE_F32);
+    LOOM_ASSERT(head_dim % 2 == 0 && head_dim <= 1024 && n_heads > 0 && n_kv_heads > 0);
+    LOOM_ASSERT(qkv.cols >= (int64_t)n_heads * head_dim + 2 * kw && k_cache.cols == kw && v_cache.cols == kw);
+    LOOM_ASSERT(inv_freq.rows * inv_freq.cols >= head_dim / 2);
+    LOOM_ASSERT((q_norm == NULL) == (k_norm == NULL));
+    if (q_norm)
+        LOOM_ASSERT(cpu_is_float(q_norm->dtype) && cpu_is_float(k_norm->dtype) &&
+                    q_norm->rows * q_norm->cols == head_dim && k_norm->rows * k_norm->cols == head_dim);
+    struct qkv_job j = {qkv, inv_freq, k_cache, v_cache, q_norm, k_norm, positions, slot_mapping,
+                        n_heads, n_kv_heads, head_dim, eps};
+    loom_parallel_for(cpu_ctx(be)->tp, qkv.rows, row_grain(qkv.cols), qkv_rows, &j);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -430,6 +496,7 @@ static const struct loom_backend_ops cpu_ops = {
     .matmul = cpu_matmul,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
+    .qkv_rope_store = cpu_qkv_rope_store,
     .attention = cpu_attention,
     .silu_mul = cpu_silu_mul,
     .add = cpu_add,

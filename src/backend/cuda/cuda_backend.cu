@@ -151,6 +151,7 @@ static struct loom_backend_ops cuda_ops_make(void)
     o->matmul = cuda_matmul;
     o->rope = cuda_rope;
     o->kv_store = cuda_kv_store;
+    o->qkv_rope_store = cuda_qkv_rope_store;
     o->attention = cuda_attention;
     o->silu_mul = cuda_silu_mul;
     o->add = cuda_add;
@@ -207,6 +208,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     be->act_dtype = act;
     be->threads = 1;
     be->ctx = c;
+    be->copies_weights = true;
     *out = be;
     return 0;
 }

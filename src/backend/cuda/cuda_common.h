@@ -265,6 +265,10 @@ void cuda_rope(struct loom_backend *be, struct loom_tensor x, const int32_t *pos
                struct loom_tensor inv_freq);
 void cuda_kv_store(struct loom_backend *be, struct loom_tensor k_cache, struct loom_tensor v_cache,
                    struct loom_tensor k, struct loom_tensor v, const int32_t *slot_mapping);
+void cuda_qkv_rope_store(struct loom_backend *be, struct loom_tensor qkv, const int32_t *positions,
+                         const int32_t *slot_mapping, int n_heads, int n_kv_heads, int head_dim,
+                         struct loom_tensor inv_freq, const struct loom_tensor *q_norm, const struct loom_tensor *k_norm,
+                         float eps, struct loom_tensor k_cache, struct loom_tensor v_cache); /* cuda_rope_kv.cu */
 void cuda_silu_mul(struct loom_backend *be, struct loom_tensor out, struct loom_tensor gate, struct loom_tensor up);
 void cuda_add(struct loom_backend *be, struct loom_tensor x, struct loom_tensor y);
 void cuda_gather_rows(struct loom_backend *be, struct loom_tensor out, struct loom_tensor x, const int32_t *idx);
