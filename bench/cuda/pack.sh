@@ -46,5 +46,5 @@ done
 strip --strip-debug $P/test_cuda_* $P/decode_bench $P/loom 2>/dev/null || true
 # binaries compress about 3x: the tarball is what travels (the device tool carries 64 MiB at most)
 rm -f "$P.tgz"; tar -C "$(dirname "$P")" -czf "$P.tgz" "$(basename "$P")"
-du -sh .dev/cuda-bin .dev/cuda-bin.tgz .dev/shared
+du -sh "$P" "$P.tgz" .dev/shared
 ls "$P" "$P/lib"
