@@ -79,6 +79,18 @@ struct loom_attn_meta {
 };
 
 /*
+ * The experts of one MoE layer (moe_experts): expert e is down_e @ (silu(gate_e @ v) * (up_e @ v)).
+ * gate, up, down: host arrays [n_experts] of backend tensors [MI, H], [MI, H], [H, MI], every expert
+ * of one dtype and one stride. table: backend memory [3 * n_experts], the data pointers gate[0..E),
+ * up[0..E), down[0..E) (so a device can reach every expert without the host), built once at load.
+ */
+struct loom_moe_experts {
+    int n_experts;
+    const struct loom_tensor *gate, *up, *down;
+    void *const *table;
+};
+
+/*
  * Sampling on the backend (the optional op `sample`): one logits row -> one token by the rules of
  * engine/sampler.h, steps 2-10, so that only token ids leave the device. The host prepares each row:
  * its sparse token edits (edits[edit0 ..], in this order: n_mask tokens set to -inf (min_tokens),
@@ -168,6 +180,16 @@ struct loom_backend_ops {
                       int32_t *ids, float *weights);
     /* dst = src converted to dst.dtype (same shape) */
     void (*convert)(struct loom_backend *be, struct loom_tensor dst, struct loom_tensor src);
+    /* The expert MLPs of a MoE layer over n = h.rows rows: for every row t and j < k, in that order,
+     * x[t, :] += weights[t * k + j] * expert_{ids[t * k + j]}(h[t, :]). ids / weights: int32 / F32
+     * [n * k] in backend memory as moe_route leaves them (the k ids of a row distinct). ws: scratch in
+     * backend memory of moe_workspace_bytes(be, max_rows >= n, ...) bytes. Nothing waits for the host:
+     * the rows are grouped by expert where the ids are. */
+    void (*moe_experts)(struct loom_backend *be, struct loom_tensor x, struct loom_tensor h, const int32_t *ids,
+                        const float *weights, int k, const struct loom_moe_experts *ex, void *ws);
+    /* Bytes of moe_experts' scratch for up to max_rows rows (H = hidden, MI = the experts' width). */
+    size_t (*moe_workspace_bytes)(struct loom_backend *be, int max_rows, int k, int n_experts, int hidden,
+                                  int inter);
 
     /* ---- optional (NULL: the caller does it another way) ---- */
     /* tokens[r] = the token drawn from row r of logits (F32 [n, vocab], rewritten in place) as

@@ -308,15 +308,22 @@ static void alloc_workspace(struct loom_model *m)
         mi->router_logits = ws_tensor(m, LOOM_DTYPE_F32, T, E);
         mi->d_route_ids = ws_buf(m, sizeof(int32_t) * (size_t)T * K);
         mi->d_route_w = ws_buf(m, sizeof(float) * (size_t)T * K);
-        mi->d_exp_rows = ws_buf(m, sizeof(int32_t) * (size_t)T * K);
-        mi->d_exp_w = ws_buf(m, sizeof(float) * (size_t)T * K);
-        mi->xe = ws_tensor(m, act, T, H);
-        mi->ye = ws_tensor(m, act, T, H);
-        mi->h_route_ids = loom_malloc(sizeof(int32_t) * (size_t)T * K);
-        mi->h_exp_rows = loom_malloc(sizeof(int32_t) * (size_t)T * K);
-        mi->h_route_w = loom_malloc(sizeof(float) * (size_t)T * K);
-        mi->h_exp_w = loom_malloc(sizeof(float) * (size_t)T * K);
-        mi->h_exp_count = loom_malloc(sizeof(int) * (size_t)E);
+        mi->moe_ws = ws_buf(m, m->be->ops->moe_workspace_bytes(m->be, T, K, E, H, c->moe_intermediate_size));
+        /* each MoE layer's table of expert weight pointers, in backend memory */
+        void **tab = loom_malloc(sizeof(void *) * 3 * (size_t)E);
+        for (int l = 0; l < c->num_layers; l++) {
+            struct model_layer *L = &mi->layers[l];
+            if (!L->moe) continue;
+            for (int e = 0; e < E; e++) {
+                tab[e] = L->e_gate[e].data;
+                tab[E + e] = L->e_up[e].data;
+                tab[2 * E + e] = L->e_down[e].data;
+            }
+            L->expert_table = ws_buf(m, sizeof(void *) * 3 * (size_t)E);
+            m->be->ops->upload(m->be, L->expert_table, tab, sizeof(void *) * 3 * (size_t)E);
+        }
+        m->be->ops->synchronize(m->be); /* the upload's staging holds tab's copy; tab may go */
+        free(tab);
     }
     mi->d_tokens = ws_buf(m, sizeof(int32_t) * (size_t)T);
     mi->d_positions = ws_buf(m, sizeof(int32_t) * (size_t)T);
@@ -416,11 +423,8 @@ void loom_model_free(struct loom_model *m)
             }
             free(mi->layers);
         }
-        free(mi->h_route_ids);
-        free(mi->h_exp_rows);
-        free(mi->h_route_w);
-        free(mi->h_exp_w);
-        free(mi->h_exp_count);
+        free(mi->h_router_logits);
+        free(mi->h_router_ids);
         loom_safetensors_close(mi->st);
         free(mi);
     }

@@ -64,4 +64,13 @@ int loom_model_alloc_kv(struct loom_model *m, int num_blocks, int block_size);
 /* Runs the batch; writes float32 logits [n_logits, vocab_size] to host memory `logits`. */
 int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *logits);
 
+/* A testing aid (MoE models; model/moe.c): while set, each forward pass writes, for batch row t and MoE
+ * layer l (L = num_layers, k = num_experts_per_tok; host memory the caller owns and fills, entries of
+ * other layers and rows are left alone):
+ *   gaps[t * L + l]            the gap between the k-th and (k+1)-th largest router probabilities (a
+ *                              small gap: a near-tie, where rounding may pick the other expert);
+ *   ids[(t * L + l) * k + j]   the experts the row was routed to (as moe_route chose them).
+ * Either may be NULL; both NULL turns it off. One download per MoE layer: slow, tests only. */
+void loom_model_set_router_trace(struct loom_model *m, float *gaps, int32_t *ids);
+
 #endif

@@ -24,6 +24,7 @@ struct model_layer {
     bool moe;
     struct loom_tensor router;               /* [E, H] */
     struct loom_tensor *e_gate, *e_up, *e_down; /* [E] each: [MI, H], [MI, H], [H, MI] */
+    void **expert_table;                     /* backend memory [3 * E]: e_gate, e_up, e_down data pointers */
     int sliding_window;                      /* 0 = full attention */
     struct loom_tensor k_cache, v_cache;     /* [num_blocks * block_size, kv_heads * D], act dtype */
 };
@@ -62,12 +63,11 @@ struct model_impl {
     struct loom_tensor router_logits; /* F32 [T, E] */
     int32_t *d_route_ids;             /* [T * k] */
     float *d_route_w;                 /* [T * k] */
-    int32_t *d_exp_rows;              /* [T * k] token rows grouped by expert */
-    float *d_exp_w;                   /* [T * k] their routing weights */
-    struct loom_tensor xe, ye;        /* [T, H] an expert's gathered input and its output */
-    int32_t *h_route_ids, *h_exp_rows;
-    float *h_route_w, *h_exp_w;
-    int *h_exp_count;                 /* [E] */
+    void *moe_ws;                     /* scratch of ops->moe_experts for T rows (moe_workspace_bytes) */
+    float *h_trace_gaps;              /* loom_model_set_router_trace's buffers, or NULL */
+    int32_t *h_trace_ids;
+    float *h_router_logits;           /* [T, E] host copy of the router logits, while tracing */
+    int32_t *h_router_ids;            /* [T * k] host copy of the routing, while tracing */
 
     /* step metadata */
     int32_t *d_tokens, *d_positions, *d_slots; /* [T] */

@@ -1,13 +1,61 @@
 /*
  * moe.c: the mixture-of-experts MLP of one layer over the batch's n rows: router logits, top-k
- * routing, then each expert's SwiGLU over the rows routed to it, added into the residual stream
- * with the routing weights. Routing needs the expert ids on the host to group tokens (one download
- * per MoE layer).
+ * routing, then the experts' SwiGLUs added into the residual stream with the routing weights. The
+ * grouping of rows by expert and the expert products are one backend op (moe_experts), so nothing
+ * here waits for the device: the whole layer can be recorded into a CUDA graph.
  */
 #include "model/model_internal.h"
 #include "core/error.h"
 
-#include <string.h>
+#include <math.h>
+#include <stdlib.h>
+
+void loom_model_set_router_trace(struct loom_model *m, float *gaps, int32_t *ids)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    bool on = c->num_experts > 0 && (gaps || ids);
+    mi->h_trace_gaps = on ? gaps : NULL;
+    mi->h_trace_ids = on ? ids : NULL;
+    if (on && !mi->h_router_logits) {
+        mi->h_router_logits = loom_malloc(sizeof(float) * (size_t)mi->max_tokens * (size_t)c->num_experts);
+        mi->h_router_ids = loom_malloc(sizeof(int32_t) * (size_t)mi->max_tokens * (size_t)c->num_experts_per_tok);
+    }
+}
+
+/* gaps: p_(k) - p_(k+1) of each row's router softmax (descending order; E == k: +inf); ids: the routing */
+static void trace_router(struct loom_model *m, const struct model_layer *L, struct loom_tensor rl, int n)
+{
+    struct model_impl *mi = m->impl;
+    const int E = m->cfg.num_experts, K = m->cfg.num_experts_per_tok, layers = m->cfg.num_layers;
+    const int l = (int)(L - mi->layers);
+    LOOM_ASSERT(rl.stride == E && E <= 1024);
+    if (mi->h_trace_ids) {
+        m->be->ops->download(m->be, mi->h_router_ids, mi->d_route_ids, sizeof(int32_t) * (size_t)n * K);
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < K; j++) mi->h_trace_ids[((size_t)t * layers + l) * K + j] = mi->h_router_ids[t * K + j];
+    }
+    if (!mi->h_trace_gaps) return;
+    m->be->ops->download(m->be, mi->h_router_logits, rl.data, sizeof(float) * (size_t)n * E);
+    for (int t = 0; t < n; t++) {
+        const float *lg = mi->h_router_logits + (size_t)t * E;
+        double p[1024], mx = lg[0], sum = 0;
+        for (int e = 1; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
+        for (int e = 0; e < E; e++) sum += (p[e] = exp((double)lg[e] - mx));
+        /* the k-th and (k+1)-th largest, by k + 1 passes of selection */
+        double kth = 0, next = -1;
+        bool taken[1024] = {false};
+        for (int j = 0; j <= K && j < E; j++) {
+            int b = -1;
+            for (int e = 0; e < E; e++)
+                if (!taken[e] && (b < 0 || p[e] > p[b])) b = e;
+            taken[b] = true;
+            if (j == K - 1) kth = p[b] / sum;
+            if (j == K) next = p[b] / sum;
+        }
+        mi->h_trace_gaps[(size_t)t * layers + l] = next < 0 ? INFINITY : (float)(kth - next);
+    }
+}
 
 /* x[rows routed to e] += w * expert_e(h[those rows]) for every expert e */
 int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n)
@@ -16,49 +64,13 @@ int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loo
     struct loom_backend *be = m->be;
     const struct loom_backend_ops *ops = be->ops;
     const struct loom_model_config *c = &m->cfg;
-    const int E = c->num_experts, K = c->num_experts_per_tok, MI = c->moe_intermediate_size, H = c->hidden_size;
+    const int K = c->num_experts_per_tok;
     struct loom_tensor rl = ws_rows(mi->router_logits, n);
     ops->matmul(be, rl, h, L->router, NULL);
     ops->moe_route(be, rl, K, c->norm_topk_prob, mi->d_route_ids, mi->d_route_w);
-    ops->download(be, mi->h_route_ids, mi->d_route_ids, sizeof(int32_t) * (size_t)n * K);
-    ops->download(be, mi->h_route_w, mi->d_route_w, sizeof(float) * (size_t)n * K);
-    /* group (token, weight) pairs by expert, tokens in order within each */
-    for (int e = 0; e < E; e++) mi->h_exp_count[e] = 0;
-    for (int i = 0; i < n * K; i++) {
-        int e = mi->h_route_ids[i];
-        LOOM_ASSERT(e >= 0 && e < E);
-        mi->h_exp_count[e]++;
-    }
-    int off = 0;
-    int start[1024];
-    for (int e = 0; e < E; e++) {
-        start[e] = off;
-        off += mi->h_exp_count[e];
-    }
-    int fill[1024];
-    memcpy(fill, start, sizeof(int) * (size_t)E);
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < K; j++) {
-            int e = mi->h_route_ids[t * K + j];
-            mi->h_exp_rows[fill[e]] = t;
-            mi->h_exp_w[fill[e]] = mi->h_route_w[t * K + j];
-            fill[e]++;
-        }
-    ops->upload(be, mi->d_exp_rows, mi->h_exp_rows, sizeof(int32_t) * (size_t)n * K);
-    ops->upload(be, mi->d_exp_w, mi->h_exp_w, sizeof(float) * (size_t)n * K);
-    for (int e = 0; e < E; e++) {
-        const int cnt = mi->h_exp_count[e];
-        if (!cnt) continue;
-        const int32_t *idx = mi->d_exp_rows + start[e];
-        struct loom_tensor xe = ws_rows(mi->xe, cnt), ye = ws_rows(mi->ye, cnt);
-        struct loom_tensor g = ws_view(mi->gate, cnt, MI), u = ws_view(mi->up, cnt, MI);
-        ops->gather_rows(be, xe, h, idx);
-        ops->matmul(be, g, xe, L->e_gate[e], NULL);
-        ops->matmul(be, u, xe, L->e_up[e], NULL);
-        ops->silu_mul(be, g, g, u);
-        ops->matmul(be, ws_view(ye, cnt, H), g, L->e_down[e], NULL);
-        ops->scatter_add_rows(be, x, ye, idx, mi->d_exp_w + start[e]);
-    }
+    if (mi->h_trace_gaps || mi->h_trace_ids) trace_router(m, L, rl, n);
+    struct loom_moe_experts ex = {
+        .n_experts = c->num_experts, .gate = L->e_gate, .up = L->e_up, .down = L->e_down, .table = L->expert_table};
+    ops->moe_experts(be, x, ws_rows(h, n), mi->d_route_ids, mi->d_route_w, K, &ex, mi->moe_ws);
     return 0;
 }
-

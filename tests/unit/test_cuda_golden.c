@@ -5,11 +5,14 @@
  * Two passes per model: F32 activations and weights (--dtype float32; TF32 off), where every logit is
  * within 1e-3 of the golden one and greedy tokens match wherever the golden margin exceeds 0.01; and
  * BF16 activations with the weights as stored (--dtype auto), within 0.25 and greedy tokens matching
- * wherever the margin exceeds 0.5 (MoE models: up to 2% of positions may exceed 0.25, see below); and
- * F16 activations with the weights converted to F16 (--dtype float16), held to the BF16 bounds. All prompts run as one batch of sequences; the longest is prefilled
- * in two chunks (the second attends to the first through the paged cache), blocks come from a shuffled
- * pool, and the greedy continuation is teacher-forced in batched decode steps (golden token in, our
- * argmax compared), so a low-margin step does not end the comparison.
+ * wherever the margin exceeds 0.5; and F16 activations with the weights converted to F16 (--dtype
+ * float16), held to the BF16 bounds. MoE models in BF16/F16: a position over 0.25 passes only where
+ * its routing (or an earlier position's, through attention) differs from the F32 pass's at near-ties
+ * of the router, proven from both passes' routing (flip_at_near_tie below), and is reported. All prompts run as
+ * one batch of sequences; the longest is prefilled in two chunks (the second attends to the first
+ * through the paged cache), blocks come from a shuffled pool, and the greedy continuation is
+ * teacher-forced in batched decode steps (golden token in, our argmax compared), so a low-margin step
+ * does not end the comparison.
  * Exits 77 where no CUDA device is present.
  */
 #include "backend/backend.h"
@@ -36,6 +39,55 @@ static uint32_t rng_u32(void)
     rng_state ^= rng_state >> 7;
     rng_state ^= rng_state << 17;
     return (uint32_t)(rng_state >> 11);
+}
+
+/* MoE: the routing of every prompt position in every layer (loom_model_set_router_trace), recorded in
+ * each pass; the F32 pass's is kept (with its k-th vs (k+1)-th router probability gaps) for the 16-bit
+ * passes of the same model. Indexed by pi = the position's index over all prompts (prompt after prompt). */
+#define NEAR_TIE_GAP 1e-2
+static float *f32_gaps;    /* [positions * L] */
+static int32_t *f32_ids;   /* [positions * L * k] */
+static bool have_f32;
+
+static bool same_set(const int32_t *a, const int32_t *b, int k)
+{
+    for (int i = 0; i < k; i++) {
+        bool found = false;
+        for (int j = 0; j < k; j++) found |= a[i] == b[j];
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* Whether position j of prompt s (its first position at pi0) may be over the bound only because routing
+ * flipped at a near-tie: somewhere its logits depend on (its own routing in any layer, or an earlier
+ * position's before the last layer, whose output later positions attend to), this pass routed otherwise
+ * than the F32 pass, and every such difference is at a near-tie there. The reason goes to why. */
+static bool flip_at_near_tie(const int32_t *ids, int pi0, int j, int L, int k, char *why, size_t cap)
+{
+    int flips = 0;
+    why[0] = 0;
+    if (!have_f32) {
+        snprintf(why, cap, "no F32 routing to compare with");
+        return false;
+    }
+    for (int i = 0; i <= j; i++)
+        for (int l = 0; l < (i == j ? L : L - 1); l++) {
+            size_t q = (size_t)(pi0 + i) * L + l;
+            if (same_set(ids + q * k, f32_ids + q * k, k)) continue;
+            flips++;
+            size_t used = strlen(why);
+            if (f32_gaps[q] >= NEAR_TIE_GAP) {
+                snprintf(why, cap, "routing differs from the F32 pass at position %d layer %d, where the router "
+                         "gap is %.2e: no near-tie", i, l, f32_gaps[q]);
+                return false;
+            }
+            if (used + 48 < cap)
+                snprintf(why + used, cap - used, "%sposition %d layer %d gap %.1e", flips > 1 ? ", " : "", i, l,
+                         f32_gaps[q]);
+        }
+    if (!flips) snprintf(why, cap, "its routing is the F32 pass's everywhere it depends on");
+    return flips > 0;
 }
 
 static int argmax(const float *x, int n)
@@ -81,6 +133,7 @@ struct hbatch {
 static void run_model(const char *dir, const char *model, enum loom_dtype act)
 {
     bool f32 = act == LOOM_DTYPE_F32;
+    if (f32) have_f32 = false; /* this model's F32 pass records its routing again (MoE) */
     double tol = f32 ? 1e-3 : 0.25, margin_thr = f32 ? 0.01 : 0.5;
     char path[8192];
     snprintf(path, sizeof path, "%.4000s/golden.safetensors", dir);
@@ -149,6 +202,22 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
 
     float *logits = loom_malloc((size_t)total * vocab * sizeof(float));
     struct hbatch *hb = loom_calloc(1, sizeof(*hb));
+    /* MoE: every prefill's routing, per prompt position (pi0[s]: prompt s's first) and layer */
+    const int n_layers = cfg.num_layers, K = cfg.num_experts_per_tok;
+    float *trace = NULL, *run_gaps = NULL;
+    int32_t *trace_ids = NULL, *run_ids = NULL;
+    int pi0[MAX_PROMPTS];
+    for (int s = 0, acc = 0; s < np; acc += p[s].len, s++) pi0[s] = acc;
+    if (cfg.num_experts > 0) {
+        size_t nl = (size_t)total * n_layers;
+        trace = loom_malloc(sizeof(float) * nl);
+        run_gaps = loom_malloc(sizeof(float) * nl);
+        trace_ids = loom_malloc(sizeof(int32_t) * nl * K);
+        run_ids = loom_malloc(sizeof(int32_t) * nl * K);
+        for (size_t i = 0; i < nl * K; i++) run_ids[i] = -1;
+        loom_model_set_router_trace(m, trace, trace_ids);
+    }
+    int rows_exempt = 0;
     double worst = 0;
     int done[MAX_PROMPTS] = {0}; /* prompt tokens already in the cache */
     int last_tok = np - 1;
@@ -188,10 +257,25 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
                                .positions = hb->pos, .slot_mapping = hb->slot, .query_start = hb->qs,
                                .seq_lens = hb->sl, .block_tables = bt_b, .max_blocks_per_seq = max_blocks,
                                .n_logits = hb->n_logits, .logit_rows = hb->rows};
+        if (trace)
+            for (size_t i = 0; i < (size_t)total * n_layers; i++) trace[i] = INFINITY;
+        if (trace)
+            for (size_t i = 0; i < (size_t)total * n_layers * K; i++) trace_ids[i] = -1;
         rc = loom_model_forward(m, &b, logits);
         CHECK_MSG(rc == 0, "%s: forward: %s", model, loom_last_error());
         free(bt_b);
         if (rc) goto out_all;
+        if (trace) { /* batch row t is prompt position (s, j) in the order the batch was built */
+            int t = 0;
+            for (int s = 0; s < np; s++) {
+                int upto = (s == last_tok && pass == 0) ? chunk1 : p[s].len;
+                for (int j = done[s]; j < upto; j++, t++) {
+                    size_t dst = (size_t)(pi0[s] + j) * n_layers, src = (size_t)t * n_layers;
+                    memcpy(run_gaps + dst, trace + src, sizeof(float) * (size_t)n_layers);
+                    memcpy(run_ids + dst * K, trace_ids + src * K, sizeof(int32_t) * (size_t)n_layers * K);
+                }
+            }
+        }
         /* compare every returned row with its golden row */
         int r = 0;
         for (int s = 0; s < np; s++) {
@@ -207,11 +291,19 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
                     if (!(d <= e)) e = d; /* NaN propagates */
                 }
                 if (!(e <= worst)) worst = e;
-                if (!(e <= tol)) {
+                char why[320];
+                bool moe16 = !(e <= tol) && !f32 && trace && e == e; /* NaN is never exempt */
+                if (moe16 && flip_at_near_tie(run_ids, pi0[s], j, n_layers, K, why, sizeof why)) {
+                    rows_exempt++;
+                    fprintf(stderr, "  %s %s prompt %d position %d: max |logit - golden| %.3g, exempt: routed "
+                            "otherwise than the F32 pass at near-ties (router gap < %.0e there): %s\n", model,
+                            loom_dtype_name(act), s, j, e, NEAR_TIE_GAP, why);
+                } else if (!(e <= tol)) {
                     rows_over++;
                     if (rows_over <= 8)
-                        fprintf(stderr, "  %s %s prompt %d position %d: max |logit - golden| %.3g\n", model,
-                                loom_dtype_name(act), s, j, e);
+                        fprintf(stderr, "  %s %s prompt %d position %d: max |logit - golden| %.3g%s%s\n", model,
+                                loom_dtype_name(act), s, j, e, moe16 ? ", not a routing near-tie: " : "",
+                                moe16 ? why : "");
                 }
                 n_rows++;
                 if (j == p[s].len - 1) first_pred[s] = argmax(got, vocab);
@@ -221,11 +313,25 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
         }
     }
     /* MoE in bf16: a token whose router logits sit near a top-k tie may pick the other expert (the
-     * reference, in float64, cannot), which moves that position's logits by whole units; seen on H100
-     * for 2 of 241 positions of mixtral-tiny. Allow such positions up to 2% (at least 1), never in F32. */
-    int allowed = (!f32 && cfg.num_experts > 0) ? (n_rows + 49) / 50 : 0;
-    CHECK_MSG(rows_over <= allowed, "%s %s: max |logit - golden| %.3g > %.3g (%d of %d positions over, %d allowed)",
-              model, loom_dtype_name(act), worst, tol, rows_over, n_rows, allowed);
+     * reference, in float64, cannot), which moves that position's logits by whole units (seen on H100
+     * for 2 of 241 positions of mixtral-tiny). Such positions are exempt above only where this pass
+     * routed otherwise than the F32 pass and only at near-ties there (flip_at_near_tie); any other
+     * position over the bound fails, in every dtype. */
+    if (trace) {
+        loom_model_set_router_trace(m, NULL, NULL); /* the decode steps below run untraced */
+        if (f32) { /* this model's 16-bit passes compare their routing with this one */
+            free(f32_gaps);
+            free(f32_ids);
+            f32_gaps = run_gaps;
+            f32_ids = run_ids;
+            run_gaps = NULL;
+            run_ids = NULL;
+            have_f32 = true;
+        }
+    }
+    CHECK_MSG(rows_over == 0, "%s %s: max |logit - golden| %.3g > %.3g (%d of %d positions over, %d exempt as "
+              "routing near-ties)", model, loom_dtype_name(act), worst, tol, rows_over + rows_exempt, n_rows,
+              rows_exempt);
 
     /* teacher-forced greedy decode: step k feeds golden greedy[k-1] and compares our argmax with greedy[k] */
     int max_g = 0;
@@ -281,12 +387,17 @@ static void run_model(const char *dir, const char *model, enum loom_dtype act)
     }
     CHECK_MSG(greedy_bad == 0, "%s %s: %d of %d greedy steps differ", model, loom_dtype_name(act), greedy_bad,
               greedy_checked);
-    printf("  %-22s %-5s max|dlogit| %.2e (tol %.0e, %d/%d positions over)  greedy %d/%d match (%d low-margin "
-           "skipped)\n",
-           model, loom_dtype_name(act), worst, tol, rows_over, n_rows, greedy_checked - greedy_bad, greedy_checked,
-           greedy_skipped);
+    printf("  %-22s %-5s max|dlogit| %.2e (tol %.0e, %d/%d positions over, %d of them routing near-ties)  greedy "
+           "%d/%d match (%d low-margin skipped)\n",
+           model, loom_dtype_name(act), worst, tol, rows_over + rows_exempt, n_rows, rows_exempt,
+           greedy_checked - greedy_bad, greedy_checked, greedy_skipped);
 
 out_all:
+    if (trace) loom_model_set_router_trace(m, NULL, NULL);
+    free(trace);
+    free(trace_ids);
+    free(run_gaps);
+    free(run_ids);
     free(hb);
     free(logits);
     free(perm);
@@ -334,5 +445,7 @@ int main(void)
         for (int a = 0; a < 3; a++) run_model(dir, names[i], acts[a]);
         free(names[i]);
     }
+    free(f32_gaps);
+    free(f32_ids);
     return test_report();
 }

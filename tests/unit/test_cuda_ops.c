@@ -932,6 +932,155 @@ static void test_graph_replay(void)
     dten_free(&o);
 }
 
+/* ---- moe_experts: routing (random, experts left with no rows, every row on the same experts) uploaded
+ * into the same buffers between calls, so the second call is captured into a graph and the later ones
+ * replay it with other routing; the last call repeats the first's inputs and must give the same bytes.
+ * Against double-precision C and the CPU backend (the per-expert path of model/moe.c). ---- */
+enum { MOE_RANDOM, MOE_SOME_EMPTY, MOE_ONE_SET, MOE_REPEAT };
+
+static void moe_routing(int mode, int n, int E, int k, int32_t *ids, float *w)
+{
+    int pool = mode == MOE_SOME_EMPTY ? (E / 2 > k ? E / 2 : k) : E; /* experts pool..E-1 get no row */
+    if (mode == MOE_SOME_EMPTY && pool == E && E > k) pool = E - 1;
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < k; j++) {
+            int e;
+            if (mode == MOE_ONE_SET) {
+                e = (E - 1 - j + E) % E; /* every row: experts E-1, E-2, ... (k = 1: all rows on one expert) */
+            } else {
+                bool dup;
+                do { /* distinct within the row */
+                    e = rng_int(pool);
+                    dup = false;
+                    for (int q = 0; q < j; q++) dup |= ids[t * k + q] == e;
+                } while (dup);
+            }
+            ids[t * k + j] = e;
+            w[t * k + j] = 0.25f + 0.75f * (rng_f() + 1.f) / 2.f;
+        }
+    }
+}
+
+static void test_moe_experts(int n, int E, int k, int H, int MI, enum loom_dtype wdt, int hpad)
+{
+    enum loom_dtype act = be->act_dtype;
+    char what[160];
+    struct dten h = dten_make(act, n, H, H + hpad, 1.f), x = dten_make(act, n, H, H, 0.1f);
+    struct dten *g = loom_malloc(sizeof(struct dten) * (size_t)E * 3), *u = g + E, *d = g + 2 * E;
+    struct loom_tensor *tg = loom_malloc(sizeof(struct loom_tensor) * (size_t)E * 6), *tu = tg + E, *td = tg + 2 * E;
+    struct loom_tensor *cg = tg + 3 * E, *cu = tg + 4 * E, *cd = tg + 5 * E;
+    void **tab = loom_malloc(sizeof(void *) * (size_t)E * 3);
+    for (int e = 0; e < E; e++) {
+        g[e] = dten_make(wdt, MI, H, H, 2.f / sqrtf((float)H));
+        u[e] = dten_make(wdt, MI, H, H, 2.f / sqrtf((float)H));
+        d[e] = dten_make(wdt, H, MI, MI, 2.f / sqrtf((float)MI));
+        tg[e] = g[e].t, tu[e] = u[e].t, td[e] = d[e].t;
+        cg[e] = cpu_raw(&g[e]), cu[e] = cpu_raw(&u[e]), cd[e] = cpu_raw(&d[e]);
+        tab[e] = g[e].t.data, tab[E + e] = u[e].t.data, tab[2 * E + e] = d[e].t.data;
+    }
+    void **dtab = be->ops->alloc(be, sizeof(void *) * (size_t)E * 3);
+    be->ops->upload(be, dtab, tab, sizeof(void *) * (size_t)E * 3);
+    struct loom_moe_experts ex = {E, tg, tu, td, (void *const *)dtab}, cex = {E, cg, cu, cd, NULL};
+    size_t wsb = be->ops->moe_workspace_bytes(be, n + 3, k, E, H, MI);
+    void *ws = be->ops->alloc(be, wsb);
+    unsigned char *poison = loom_malloc(wsb);
+    memset(poison, 0xff, wsb); /* NaN activations, -1 counts: whatever the op reads unwritten shows */
+    be->ops->upload(be, ws, poison, wsb);
+    size_t cwsb = cpu->ops->moe_workspace_bytes(cpu, n, k, E, H, MI);
+    void *cws = loom_malloc(cwsb + 64);
+    int32_t *ids = loom_malloc((size_t)n * k * 4), *ids0 = loom_malloc((size_t)n * k * 4);
+    float *w = loom_malloc((size_t)n * k * 4), *w0 = loom_malloc((size_t)n * k * 4);
+    float *x0 = loom_malloc((size_t)n * H * 4 + 4);
+    int32_t *dids = be->ops->alloc(be, (size_t)n * k * 4);
+    float *dw = be->ops->alloc(be, (size_t)n * k * 4);
+    unsigned char *first = NULL;
+    size_t xbytes = (size_t)n * H * loom_dtype_size(act);
+    double *ref = dalloc((size_t)n * H), *gu = dalloc((size_t)MI);
+    const char *mode_name[] = {"random", "some experts empty", "all rows on one set", "repeat of the first"};
+    for (int it = 0; it < 4; it++) {
+        int mode = it;
+        if (mode == MOE_REPEAT) {
+            memcpy(ids, ids0, (size_t)n * k * 4);
+            memcpy(w, w0, (size_t)n * k * 4);
+            memcpy(x.h, x0, (size_t)n * H * 4);
+            loom_convert_from_f32(x.raw, act, x.h, (size_t)n * H);
+            be->ops->upload(be, x.t.data, x.raw, xbytes);
+        } else {
+            moe_routing(mode, n, E, k, ids, w);
+            dten_refill(&x, 0.1f);
+            if (it == 0) {
+                memcpy(ids0, ids, (size_t)n * k * 4);
+                memcpy(w0, w, (size_t)n * k * 4);
+                memcpy(x0, x.h, (size_t)n * H * 4);
+            }
+        }
+        be->ops->upload(be, dids, ids, (size_t)n * k * 4);
+        be->ops->upload(be, dw, w, (size_t)n * k * 4);
+        be->ops->moe_experts(be, x.t, h.t, dids, dw, k, &ex, ws);
+        float *got = dten_get(&x);
+        /* reference: x + sum_j w * down(silu(gate h) * up h), in double */
+        for (int t = 0; t < n; t++) {
+            for (int c = 0; c < H; c++) ref[(size_t)t * H + c] = x.h[(size_t)t * H + c];
+            const float *ht = h.h + (size_t)t * h.t.stride;
+            for (int j = 0; j < k; j++) {
+                int e = ids[t * k + j];
+                for (int r = 0; r < MI; r++) {
+                    double a = 0, b = 0;
+                    for (int c = 0; c < H; c++) {
+                        a += (double)g[e].h[(size_t)r * H + c] * ht[c];
+                        b += (double)u[e].h[(size_t)r * H + c] * ht[c];
+                    }
+                    gu[r] = a / (1.0 + exp(-a)) * b;
+                }
+                for (int c = 0; c < H; c++) {
+                    double s = 0;
+                    for (int r = 0; r < MI; r++) s += (double)d[e].h[(size_t)c * MI + r] * gu[r];
+                    ref[(size_t)t * H + c] += (double)w[t * k + j] * s;
+                }
+            }
+        }
+        snprintf(what, sizeof what, "moe_experts n=%d E=%d k=%d %dx%d w=%s%s, %s", n, E, k, H, MI,
+                 loom_dtype_name(wdt), hpad ? " strided" : "", mode_name[it]);
+        double tol = (act == LOOM_DTYPE_F32 && wdt == LOOM_DTYPE_F32) ? 1e-5 : 1e-2;
+        compare(what, got, ref, (size_t)n * H, tol);
+        struct loom_tensor cx = cpu_act(&x), ch = cpu_act(&h);
+        cpu->ops->moe_experts(cpu, cx, ch, ids, w, k, &cex, cws);
+        compare_cpu(what, got, cx, tol);
+        free(ch.data);
+        /* the same inputs give the same bytes (the first call ran op by op, the last from a graph) */
+        unsigned char *raw = loom_malloc(xbytes + 4);
+        be->ops->download(be, raw, x.t.data, xbytes);
+        if (it == 0) {
+            first = raw;
+        } else {
+            if (it == MOE_REPEAT)
+                CHECK_MSG(memcmp(first, raw, xbytes) == 0, "%s: not the bytes of the first call", what);
+            free(raw);
+        }
+        free(got);
+    }
+    free(first);
+    free(ref);
+    free(gu);
+    free(ids);
+    free(ids0);
+    free(w);
+    free(w0);
+    free(x0);
+    free(poison);
+    free(cws);
+    free(tab);
+    be->ops->free(be, dids);
+    be->ops->free(be, dw);
+    be->ops->free(be, ws);
+    be->ops->free(be, dtab);
+    for (int e = 0; e < 3 * E; e++) dten_free(&g[e]);
+    free(g);
+    free(tg);
+    dten_free(&h);
+    dten_free(&x);
+}
+
 static void run_all(void)
 {
     enum loom_dtype act = be->act_dtype;
@@ -976,6 +1125,14 @@ static void run_all(void)
     test_moe_route(33, 8, 2, true);
     test_moe_route(5, 128, 8, false);
     test_moe_route(64, 60, 4, true);
+    /* grouped experts: vectorized tiles, odd widths (scalar loads), several row tiles an expert, decode
+     * size with many experts, k = 1, mixed weight dtype (the FMA path), strided rows of h */
+    test_moe_experts(37, 8, 2, 96, 72, act, 0);
+    test_moe_experts(5, 60, 4, 130, 66, act, 3);
+    test_moe_experts(300, 16, 2, 256, 192, act, 0);
+    test_moe_experts(1, 128, 8, 128, 64, act, 0);
+    test_moe_experts(70, 4, 1, 64, 40, act, 8);
+    test_moe_experts(20, 6, 2, 64, 48, act == LOOM_DTYPE_F16 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, 0);
     for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) test_attention(&attn_cases[i]);
     test_graph_replay();
 }

@@ -428,6 +428,83 @@ static void cpu_moe_route(struct loom_backend *be, struct loom_tensor logits, in
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* moe_experts: the rows grouped by expert on the host (ids are host memory here), then per expert
+ * with rows: gather -> gate and up matmuls -> silu_mul -> down matmul -> weighted scatter-add into x,
+ * experts in ascending order, rows in token order within one (the results of model/moe.c before the op
+ * existed, bit for bit). Scratch layout (64-byte aligned pieces, sized for max_rows): rows int32 and
+ * their weights F32 [max_rows * k], xe and ye F32 [max_rows, H], g and u F32 [max_rows, MI]. */
+
+static size_t moe_al(size_t b)
+{
+    return (b + 63) & ~(size_t)63;
+}
+
+static size_t cpu_moe_workspace_bytes(struct loom_backend *be, int max_rows, int k, int n_experts, int hidden,
+                                      int inter)
+{
+    (void)be;
+    (void)n_experts;
+    size_t nk = (size_t)max_rows * (size_t)k;
+    return 2 * moe_al(nk * 4) + 2 * moe_al((size_t)max_rows * hidden * 4) + 2 * moe_al((size_t)max_rows * inter * 4);
+}
+
+static void cpu_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom_tensor h, const int32_t *ids,
+                            const float *weights, int k, const struct loom_moe_experts *ex, void *ws)
+{
+    const int n = (int)h.rows, E = ex->n_experts;
+    LOOM_ASSERT(E >= 1 && E <= 1024 && k >= 1 && k <= E && x.rows == n && x.cols == h.cols);
+    if (n == 0) return;
+    const int64_t H = h.cols, MI = ex->gate[0].rows;
+    char *p = ws;
+    int32_t *rows = (int32_t *)p;
+    p += moe_al((size_t)n * k * 4);
+    float *rw = (float *)p;
+    p += moe_al((size_t)n * k * 4);
+    struct loom_tensor xe = loom_tensor_2d(p, LOOM_DTYPE_F32, n, H);
+    p += moe_al((size_t)n * H * 4);
+    struct loom_tensor ye = loom_tensor_2d(p, LOOM_DTYPE_F32, n, H);
+    p += moe_al((size_t)n * H * 4);
+    float *gbuf = (float *)p;
+    p += moe_al((size_t)n * MI * 4);
+    float *ubuf = (float *)p;
+    /* group (token, weight) pairs by expert, tokens in order within each */
+    int count[1024], start[1024], fill[1024];
+    for (int e = 0; e < E; e++) count[e] = 0;
+    for (int i = 0; i < n * k; i++) {
+        int e = ids[i];
+        LOOM_ASSERT(e >= 0 && e < E);
+        count[e]++;
+    }
+    int off = 0;
+    for (int e = 0; e < E; e++) {
+        start[e] = off;
+        fill[e] = off;
+        off += count[e];
+    }
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            int e = ids[t * k + j];
+            rows[fill[e]] = t;
+            rw[fill[e]] = weights[t * k + j];
+            fill[e]++;
+        }
+    for (int e = 0; e < E; e++) {
+        const int cnt = count[e];
+        if (!cnt) continue;
+        LOOM_ASSERT(cnt <= n); /* the k ids of a row are distinct */
+        const int32_t *idx = rows + start[e];
+        struct loom_tensor xs = loom_tensor_rows(xe, 0, cnt);
+        struct loom_tensor g = loom_tensor_2d(gbuf, LOOM_DTYPE_F32, cnt, MI), u = loom_tensor_2d(ubuf, LOOM_DTYPE_F32, cnt, MI);
+        cpu_gather_rows(be, xs, h, idx);
+        cpu_matmul(be, g, xs, ex->gate[e], NULL);
+        cpu_matmul(be, u, xs, ex->up[e], NULL);
+        cpu_silu_mul(be, g, g, u);
+        cpu_matmul(be, loom_tensor_2d(ye.data, LOOM_DTYPE_F32, cnt, H), g, ex->down[e], NULL);
+        cpu_scatter_add_rows(be, x, loom_tensor_rows(ye, 0, cnt), idx, rw + start[e]);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* convert */
 
 struct convert_job {
@@ -504,6 +581,8 @@ static const struct loom_backend_ops cpu_ops = {
     .scatter_add_rows = cpu_scatter_add_rows,
     .moe_route = cpu_moe_route,
     .convert = cpu_convert,
+    .moe_experts = cpu_moe_experts,
+    .moe_workspace_bytes = cpu_moe_workspace_bytes,
 };
 
 static enum cpu_isa detect_isa(bool *bf16_dot)

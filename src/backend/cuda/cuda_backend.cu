@@ -159,6 +159,8 @@ static struct loom_backend_ops cuda_ops_make(void)
     o->scatter_add_rows = cuda_scatter_add_rows;
     o->moe_route = cuda_moe_route;
     o->convert = cuda_convert;
+    o->moe_experts = cuda_moe_experts;
+    o->moe_workspace_bytes = cuda_moe_workspace_bytes;
     o->sample = cuda_sample;
     return ops;
 }

@@ -277,6 +277,10 @@ void cuda_scatter_add_rows(struct loom_backend *be, struct loom_tensor out, stru
 void cuda_moe_route(struct loom_backend *be, struct loom_tensor logits, int k, bool renormalize, int32_t *ids,
                     float *weights);
 void cuda_convert(struct loom_backend *be, struct loom_tensor dst, struct loom_tensor src);
+/* cuda_moe.cu */
+void cuda_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom_tensor h, const int32_t *ids,
+                      const float *weights, int k, const struct loom_moe_experts *ex, void *ws);
+size_t cuda_moe_workspace_bytes(struct loom_backend *be, int max_rows, int k, int n_experts, int hidden, int inter);
 void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
                  const struct loom_logit_edit *edits, int n_edits, int32_t *tokens);
 void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,

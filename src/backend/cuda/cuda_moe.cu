@@ -1,0 +1,446 @@
+/*
+ * cuda_moe.cu: moe_experts, the expert MLPs of a MoE layer on the device, with no host round trip
+ * (so a decode step's MoE layers stay inside its CUDA graph). Four launches per layer, whatever the
+ * number of experts:
+ *   1. group: one block turns the top-k ids into per-expert row counts, their prefix sums, the
+ *      permutation (token rows grouped by expert, in token order within an expert) and its inverse,
+ *      and the list of row tiles (expert, first row) the products below walk. Deterministic: counts
+ *      per warp segment with __match_any_sync, no atomics, the same order on every run.
+ *   2. gate|up: one grouped product over the tiles (expert, row tile, column tile): rows of h gathered
+ *      on load, both gate_e and up_e against the same rows, silu(g) * u written once (act dtype).
+ *   3. down: the same grouped product of those rows with down_e (act dtype).
+ *   4. combine: x[t] += sum over j < k, in order, of weight[t, j] * y[row of (t, j)]: fp32 sums, one
+ *      rounding into x, no atomics.
+ * The grids are sized from n, k and E alone (an upper bound on the tile count), so the launches of a
+ * step are the same whatever the routing; tiles past the real count return at once.
+ * Products: tensor cores (wmma 16x16x16, fp32 accumulate) when the activations and the weights are one
+ * 16-bit dtype; otherwise (F32, or mixed dtypes) a plain fp32 FMA kernel that converts on load.
+ * Not done here: routing itself (moe_route), a split-k or a persistent schedule for decode (each tile
+ * reads its expert's weight slab once per row tile), double-buffered loads.
+ */
+#include "backend/cuda/cuda_common.h"
+
+#include <mma.h>
+
+#define MOE_BM 64     /* rows of a tile (and of the tile list) */
+#define MOE_BN 64     /* output columns of a tile */
+#define MOE_TC_BK 32  /* k slice of the tensor-core kernel */
+#define MOE_FMA_BK 16 /* k slice of the FMA kernel */
+#define MOE_GROUP_WARPS 8
+
+static size_t al256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+static int max_tiles(int64_t nk, int n_exp)
+{
+    return (int)((nk + MOE_BM - 1) / MOE_BM + (nk < n_exp ? nk : n_exp));
+}
+
+/* The scratch, carved for n rows (the same n gives the same pointers: graph replays stay valid). */
+struct moe_ws {
+    int32_t *offs;      /* [E + 1] first sorted row of each expert; offs[E] = n * k */
+    int32_t *n_tiles;   /* [1] */
+    int32_t *tile_e;    /* [max_tiles] */
+    int32_t *tile_r0;   /* [max_tiles] first row of the tile within its expert */
+    int32_t *perm_tok;  /* [n * k] sorted row -> token */
+    int32_t *inv;       /* [n * k] (token, j) -> sorted row */
+    void *act;          /* [n * k, MI] silu(gate) * up, act dtype */
+    void *y;            /* [n * k, H] expert outputs, act dtype */
+};
+
+static size_t moe_carve(struct moe_ws *w, void *base, int64_t n, int k, int E, int H, int MI, size_t es)
+{
+    int64_t nk = n * k;
+    int mt = max_tiles(nk, E);
+    char *p = (char *)base, *p0 = p;
+    w->offs = (int32_t *)p, p += al256((size_t)(E + 1) * 4);
+    w->n_tiles = (int32_t *)p, p += al256(4);
+    w->tile_e = (int32_t *)p, p += al256((size_t)mt * 4);
+    w->tile_r0 = (int32_t *)p, p += al256((size_t)mt * 4);
+    w->perm_tok = (int32_t *)p, p += al256((size_t)nk * 4);
+    w->inv = (int32_t *)p, p += al256((size_t)nk * 4);
+    w->act = p, p += al256((size_t)nk * MI * es);
+    w->y = p, p += al256((size_t)nk * H * es);
+    return (size_t)(p - p0);
+}
+
+size_t cuda_moe_workspace_bytes(struct loom_backend *be, int max_rows, int k, int n_experts, int hidden, int inter)
+{
+    struct moe_ws w;
+    return moe_carve(&w, NULL, max_rows, k, n_experts, hidden, inter, loom_dtype_size(be->act_dtype));
+}
+
+/* ---- 1. grouping ---- */
+
+__global__ void __launch_bounds__(32 * MOE_GROUP_WARPS)
+    moe_group_kernel(const int32_t *ids, int nk, int k, int E, int32_t *offs, int32_t *n_tiles, int32_t *tile_e,
+                     int32_t *tile_r0, int32_t *perm_tok, int32_t *inv)
+{
+    PDL_PROLOGUE();
+    extern __shared__ int sm[];
+    int *cnt = sm;                              /* [MOE_GROUP_WARPS][E]: per segment, then its start */
+    int *tot = cnt + MOE_GROUP_WARPS * E;       /* [E] rows per expert */
+    int *base = tot + E;                        /* [E] first sorted row */
+    int *tbase = base + E;                      /* [E] first tile */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < MOE_GROUP_WARPS * E; i += blockDim.x) cnt[i] = 0;
+    __syncthreads();
+    /* warp w owns entries [seg * w, seg * (w + 1)): in order, so sorted rows keep token order */
+    const int seg = ((nk + MOE_GROUP_WARPS - 1) / MOE_GROUP_WARPS + 31) & ~31;
+    const int beg = seg * w, end = min(nk, seg * (w + 1));
+    const unsigned lt = (1u << lane) - 1u;
+    for (int i0 = beg; i0 < end; i0 += 32) {
+        int i = i0 + lane;
+        int e = i < end ? ids[i] : -1;
+        if (i < end && (e < 0 || e >= E)) __trap(); /* moe_route never writes such an id */
+        unsigned peers = __match_any_sync(0xffffffffu, e);
+        if (e >= 0 && (peers & lt) == 0) cnt[w * E + e] += __popc(peers);
+        __syncwarp();
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int run = 0;
+        for (int s = 0; s < MOE_GROUP_WARPS; s++) {
+            int c = cnt[s * E + e];
+            cnt[s * E + e] = run;
+            run += c;
+        }
+        tot[e] = run;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, tiles = 0;
+        for (int e = 0; e < E; e++) {
+            base[e] = off;
+            tbase[e] = tiles;
+            offs[e] = off;
+            off += tot[e];
+            tiles += (tot[e] + MOE_BM - 1) / MOE_BM;
+        }
+        offs[E] = off;
+        *n_tiles = tiles;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int nt = (tot[e] + MOE_BM - 1) / MOE_BM;
+        for (int t = 0; t < nt; t++) {
+            tile_e[tbase[e] + t] = e;
+            tile_r0[tbase[e] + t] = t * MOE_BM;
+        }
+    }
+    for (int i0 = beg; i0 < end; i0 += 32) {
+        int i = i0 + lane;
+        int e = i < end ? ids[i] : -1;
+        unsigned peers = __match_any_sync(0xffffffffu, e);
+        if (e >= 0) {
+            int pos = base[e] + cnt[w * E + e] + __popc(peers & lt);
+            perm_tok[pos] = i / k;
+            inv[i] = pos;
+        }
+        __syncwarp();
+        if (e >= 0 && (peers & lt) == 0) cnt[w * E + e] += __popc(peers);
+        __syncwarp();
+    }
+}
+
+/* The tile a block works on: its expert, its rows [row0, row0 + nrows) of the sorted list. False past
+ * the real tile count. */
+__device__ __forceinline__ bool moe_tile(const int32_t *offs, const int32_t *n_tiles, const int32_t *tile_e,
+                                         const int32_t *tile_r0, int *e, int *row0, int *nrows)
+{
+    int t = blockIdx.y;
+    if (t >= *n_tiles) return false;
+    *e = tile_e[t];
+    int r0 = tile_r0[t];
+    int cnt = offs[*e + 1] - offs[*e];
+    *row0 = offs[*e] + r0;
+    *nrows = min(MOE_BM, cnt - r0);
+    return true;
+}
+
+__device__ __forceinline__ float silu_f(float g)
+{
+    return g / (1.f + expf(-g));
+}
+
+/* ---- 2./3. grouped products, tensor cores: T = the activations' and the weights' dtype ----
+ * 128 threads in 2 x 2 warps, each warp 32 x 32 outputs (2 x 2 fragments); GATED: the gate and up
+ * products of the same rows side by side. a row r of the tile is a[a_rows ? a_rows[row0 + r] : row0 + r]. */
+template <typename T, bool GATED>
+__global__ void __launch_bounds__(128)
+    moe_mm_tc_kernel(T *out, int64_t ostride, const T *a, int64_t astride, const int32_t *a_rows,
+                     void *const *table, int w0, int w1, int64_t wstride, const int32_t *offs, const int32_t *n_tiles,
+                     const int32_t *tile_e, const int32_t *tile_r0, int m, int kdim, int vec)
+{
+    using namespace nvcuda;
+    PDL_PROLOGUE();
+    constexpr int G = GATED ? 2 : 1, LDS = MOE_TC_BK + 8, LDC = MOE_BN + 4;
+    constexpr int LOAD_BYTES = (MOE_BM + G * MOE_BN) * LDS * (int)sizeof(T), C_BYTES = G * MOE_BM * LDC * 4;
+    __shared__ __align__(128) unsigned char smem[LOAD_BYTES > C_BYTES ? LOAD_BYTES : C_BYTES];
+    __shared__ int rows_s[MOE_BM];
+    T *As = (T *)smem;                      /* [BM][LDS] */
+    T *Bs = As + MOE_BM * LDS;              /* [G][BN][LDS] */
+    float *Cs = (float *)smem;              /* [G][BM][LDC], after the k loop */
+    int e, row0, nrows;
+    if (!moe_tile(offs, n_tiles, tile_e, tile_r0, &e, &row0, &nrows)) return;
+    const int c0 = blockIdx.x * MOE_BN;
+    const T *W[2];
+    W[0] = (const T *)table[w0 + e];
+    W[1] = (const T *)table[w1 + e];
+    for (int r = threadIdx.x; r < MOE_BM; r += blockDim.x)
+        rows_s[r] = r < nrows ? (a_rows ? a_rows[row0 + r] : row0 + r) : -1;
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, wr = (warp >> 1) * 32, wc = (warp & 1) * 32;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[G][2][2];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[g][i][j], 0.f);
+    const T zero = from_f<T>(0.f);
+    for (int k0 = 0; k0 < kdim; k0 += MOE_TC_BK) {
+        /* (BM + G * BN) rows of BK: chunks of 8 elements, 4 chunks a row */
+        for (int q = threadIdx.x; q < (MOE_BM + G * MOE_BN) * (MOE_TC_BK / 8); q += blockDim.x) {
+            int rr = q / (MOE_TC_BK / 8), kc = (q % (MOE_TC_BK / 8)) * 8;
+            const T *src = NULL;
+            T *dst;
+            if (rr < MOE_BM) {
+                dst = As + rr * LDS + kc;
+                int ar = rows_s[rr];
+                if (ar >= 0) src = a + (int64_t)ar * astride;
+            } else {
+                int b = rr - MOE_BM, g = b / MOE_BN, col = b % MOE_BN;
+                dst = Bs + (g * MOE_BN + col) * LDS + kc;
+                if (c0 + col < m) src = W[g] + (int64_t)(c0 + col) * wstride;
+            }
+            int kk = k0 + kc;
+            if (vec) {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (src && kk < kdim) v = *(const uint4 *)(src + kk);
+                *(uint4 *)dst = v;
+            } else {
+#pragma unroll
+                for (int u = 0; u < 8; u++) dst[u] = (src && kk + u < kdim) ? src[kk + u] : zero;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < MOE_TC_BK; ks += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wr + 16 * i) * LDS + ks, LDS);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    wmma::load_matrix_sync(fb[j], Bs + (g * MOE_BN + wc + 16 * j) * LDS + ks, LDS);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[g][i][j], fa[i], fb[j], acc[g][i][j]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::store_matrix_sync(Cs + g * MOE_BM * LDC + (wr + 16 * i) * LDC + wc + 16 * j, acc[g][i][j], LDC,
+                                        wmma::mem_row_major);
+    __syncthreads();
+    for (int q = threadIdx.x; q < MOE_BM * MOE_BN; q += blockDim.x) {
+        int r = q / MOE_BN, c = q % MOE_BN;
+        if (r >= nrows || c0 + c >= m) continue;
+        float v = Cs[r * LDC + c];
+        if (GATED) v = silu_f(v) * Cs[MOE_BM * LDC + r * LDC + c];
+        out[(int64_t)(row0 + r) * ostride + c0 + c] = from_f<T>(v);
+    }
+}
+
+/* ---- the same in fp32 FMA, any dtypes (converted on load): 256 threads, 4 x 4 outputs each ---- */
+template <bool GATED>
+__global__ void __launch_bounds__(256)
+    moe_mm_fma_kernel(void *out, int odt, int64_t ostride, const void *a, int adt, int64_t astride,
+                      const int32_t *a_rows, void *const *table, int w0, int w1, int wdt, int64_t wstride,
+                      const int32_t *offs, const int32_t *n_tiles, const int32_t *tile_e, const int32_t *tile_r0,
+                      int m, int kdim)
+{
+    PDL_PROLOGUE();
+    constexpr int G = GATED ? 2 : 1;
+    __shared__ float xs[MOE_FMA_BK][MOE_BM + 1];
+    __shared__ float ws[G][MOE_FMA_BK][MOE_BN + 1];
+    __shared__ int rows_s[MOE_BM];
+    int e, row0, nrows;
+    if (!moe_tile(offs, n_tiles, tile_e, tile_r0, &e, &row0, &nrows)) return;
+    const int c0 = blockIdx.x * MOE_BN;
+    const void *W[2] = {table[w0 + e], table[w1 + e]};
+    for (int r = threadIdx.x; r < MOE_BM; r += blockDim.x)
+        rows_s[r] = r < nrows ? (a_rows ? a_rows[row0 + r] : row0 + r) : -1;
+    __syncthreads();
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[G][4][4] = {};
+    for (int k0 = 0; k0 < kdim; k0 += MOE_FMA_BK) {
+        for (int i = threadIdx.x; i < MOE_BM * MOE_FMA_BK; i += blockDim.x) {
+            int rr = i / MOE_FMA_BK, kk = i % MOE_FMA_BK, kc = k0 + kk;
+            int ar = rows_s[rr];
+            xs[kk][rr] = (ar >= 0 && kc < kdim) ? ld_f(a, adt, (int64_t)ar * astride + kc) : 0.f;
+            int c = c0 + rr;
+#pragma unroll
+            for (int g = 0; g < G; g++)
+                ws[g][kk][rr] = (c < m && kc < kdim) ? ld_f(W[g], wdt, (int64_t)c * wstride + kc) : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MOE_FMA_BK; kk++) {
+            float av[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) av[i] = xs[kk][ty + 16 * i];
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float bv[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) bv[j] = ws[g][kk][tx + 16 * j];
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[g][i][j] = fmaf(av[i], bv[j], acc[g][i][j]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int r = ty + 16 * i;
+        if (r >= nrows) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int c = c0 + tx + 16 * j;
+            if (c >= m) continue;
+            float v = acc[0][i][j];
+            if (GATED) v = silu_f(v) * acc[G - 1][i][j];
+            st_f(out, odt, (int64_t)(row0 + r) * ostride + c, v);
+        }
+    }
+}
+
+/* ---- 4. combine: x[t, :] += sum_j weights[t * k + j] * y[inv[t * k + j], :], j ascending ---- */
+__global__ void moe_combine_kernel(void *x, int xdt, int64_t xstride, const void *y, int ydt, int64_t ystride,
+                                   const int32_t *inv, const float *weights, int k, int64_t cols)
+{
+    PDL_PROLOGUE();
+    const int64_t t = blockIdx.x;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float s = 0.f;
+        for (int j = 0; j < k; j++)
+            s = fmaf(weights[t * k + j], ld_f(y, ydt, (int64_t)inv[t * k + j] * ystride + c), s);
+        int64_t o = t * xstride + c;
+        st_f(x, xdt, o, ld_f(x, xdt, o) + s);
+    }
+}
+
+/* ---- the op ---- */
+
+static bool al16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+template <typename T>
+static void launch_tc(struct cuda_ctx *c, bool gated, dim3 grid, void *out, int64_t ostride, const void *a,
+                      int64_t astride, const int32_t *a_rows, void *const *table, int w0, int w1, int64_t wstride,
+                      const struct moe_ws *w, int m, int kdim, int vec)
+{
+    if (gated)
+        cuda_launch(c, moe_mm_tc_kernel<T, true>, grid, dim3(128), 0, (T *)out, ostride, (const T *)a, astride,
+                    a_rows, table, w0, w1, wstride, (const int32_t *)w->offs, (const int32_t *)w->n_tiles,
+                    (const int32_t *)w->tile_e, (const int32_t *)w->tile_r0, m, kdim, vec);
+    else
+        cuda_launch(c, moe_mm_tc_kernel<T, false>, grid, dim3(128), 0, (T *)out, ostride, (const T *)a, astride,
+                    a_rows, table, w0, w1, wstride, (const int32_t *)w->offs, (const int32_t *)w->n_tiles,
+                    (const int32_t *)w->tile_e, (const int32_t *)w->tile_r0, m, kdim, vec);
+    CUDA_LAUNCH_CHECK();
+}
+
+/* One grouped product: out[sorted rows, m] = a[rows] @ W_e^T (GATED: silu(a @ Wg_e^T) * (a @ Wu_e^T)). */
+static void moe_product(struct cuda_ctx *c, bool gated, int tiles, void *out, enum loom_dtype odt, int64_t ostride,
+                        const void *a, enum loom_dtype adt, int64_t astride, const int32_t *a_rows,
+                        void *const *table, int w0, int w1, enum loom_dtype wdt, int64_t wstride, bool w_al16,
+                        const struct moe_ws *w, int m, int kdim)
+{
+    dim3 grid((m + MOE_BN - 1) / MOE_BN, tiles);
+    bool tc = adt == wdt && odt == adt && (adt == LOOM_DTYPE_BF16 || adt == LOOM_DTYPE_F16);
+    if (tc) {
+        int vec = kdim % 8 == 0 && astride % 8 == 0 && wstride % 8 == 0 && al16(a) && w_al16;
+        if (adt == LOOM_DTYPE_BF16)
+            launch_tc<__nv_bfloat16>(c, gated, grid, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m,
+                                     kdim, vec);
+        else
+            launch_tc<__half>(c, gated, grid, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim,
+                              vec);
+        return;
+    }
+    if (gated)
+        cuda_launch(c, moe_mm_fma_kernel<true>, grid, dim3(256), 0, out, (int)odt, ostride, a, (int)adt, astride,
+                    a_rows, table, w0, w1, (int)wdt, wstride, (const int32_t *)w->offs, (const int32_t *)w->n_tiles,
+                    (const int32_t *)w->tile_e, (const int32_t *)w->tile_r0, m, kdim);
+    else
+        cuda_launch(c, moe_mm_fma_kernel<false>, grid, dim3(256), 0, out, (int)odt, ostride, a, (int)adt, astride,
+                    a_rows, table, w0, w1, (int)wdt, wstride, (const int32_t *)w->offs, (const int32_t *)w->n_tiles,
+                    (const int32_t *)w->tile_e, (const int32_t *)w->tile_r0, m, kdim);
+    CUDA_LAUNCH_CHECK();
+}
+
+/* Every expert's tensor of one kind: one dtype, one shape, one stride (the kernels take them once). */
+static bool same_layout(const struct loom_tensor *t, int E, int64_t rows, int64_t cols, bool *all16)
+{
+    *all16 = true;
+    for (int e = 0; e < E; e++) {
+        if (t[e].dtype != t[0].dtype || t[e].rows != rows || t[e].cols != cols || t[e].stride != t[0].stride ||
+            !t[e].data)
+            return false;
+        if (!al16(t[e].data)) *all16 = false;
+    }
+    return cuda_is_float_dtype(t[0].dtype);
+}
+
+void cuda_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom_tensor h, const int32_t *ids,
+                      const float *weights, int k, const struct loom_moe_experts *ex, void *ws)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    const int64_t n = h.rows;
+    const int E = ex->n_experts;
+    LOOM_ASSERT(E >= 1 && E <= 1024 && k >= 1 && k <= E && x.rows == n && x.cols == h.cols && ex->table);
+    LOOM_ASSERT(h.dtype == be->act_dtype && cuda_is_float_dtype(x.dtype));
+    if (n == 0) return;
+    const int H = (int)h.cols, MI = (int)ex->gate[0].rows;
+    bool g16, u16, d16;
+    LOOM_ASSERT(same_layout(ex->gate, E, MI, H, &g16) && same_layout(ex->up, E, MI, H, &u16) &&
+                same_layout(ex->down, E, H, MI, &d16));
+    LOOM_ASSERT(ex->up[0].dtype == ex->gate[0].dtype && ex->up[0].stride == ex->gate[0].stride);
+    const int64_t nk = n * k;
+    LOOM_ASSERT(nk <= 2147483647 / 2);
+    const int tiles = max_tiles(nk, E);
+    LOOM_ASSERT(tiles <= 65535);
+    struct moe_ws w;
+    const enum loom_dtype act = be->act_dtype;
+    moe_carve(&w, ws, n, k, E, H, MI, loom_dtype_size(act));
+
+    size_t smem = (size_t)(MOE_GROUP_WARPS + 3) * E * sizeof(int);
+    cuda_launch(c, moe_group_kernel, dim3(1), dim3(32 * MOE_GROUP_WARPS), smem, ids, (int)nk, k, E, w.offs, w.n_tiles,
+                w.tile_e, w.tile_r0, w.perm_tok, w.inv);
+    CUDA_LAUNCH_CHECK();
+    moe_product(c, true, tiles, w.act, act, MI, h.data, h.dtype, h.stride, w.perm_tok, ex->table, 0, E,
+                ex->gate[0].dtype, ex->gate[0].stride, g16 && u16, &w, MI, H);
+    moe_product(c, false, tiles, w.y, act, H, w.act, act, MI, NULL, ex->table, 2 * E, 2 * E, ex->down[0].dtype,
+                ex->down[0].stride, d16, &w, H, MI);
+    cuda_launch(c, moe_combine_kernel, dim3((unsigned)n), dim3(128), 0, x.data, (int)x.dtype, x.stride,
+                (const void *)w.y, (int)act, (int64_t)H, (const int32_t *)w.inv, weights, k, (int64_t)H);
+    CUDA_LAUNCH_CHECK();
+}
