@@ -1126,11 +1126,15 @@ static void run_all(void)
     test_moe_route(5, 128, 8, false);
     test_moe_route(64, 60, 4, true);
     /* grouped experts: vectorized tiles, odd widths (scalar loads), several row tiles an expert, decode
-     * size with many experts, k = 1, mixed weight dtype (the FMA path), strided rows of h */
+     * sizes (n <= 8: the GEMV kernels, 1, 2 and 4 warps a column), k = 1, mixed weight dtype (the FMA
+     * path), strided rows of h */
     test_moe_experts(37, 8, 2, 96, 72, act, 0);
     test_moe_experts(5, 60, 4, 130, 66, act, 3);
     test_moe_experts(300, 16, 2, 256, 192, act, 0);
     test_moe_experts(1, 128, 8, 128, 64, act, 0);
+    test_moe_experts(8, 8, 2, 1536, 2304, act, 0); /* decode kernels: 2 and 4 warps a column */
+    test_moe_experts(6, 16, 4, 256, 1280, act, 8);
+    test_moe_experts(9, 8, 2, 256, 128, act, 0);   /* one row past the decode kernels */
     test_moe_experts(70, 4, 1, 64, 40, act, 8);
     test_moe_experts(20, 6, 2, 64, 48, act == LOOM_DTYPE_F16 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, 0);
     for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) test_attention(&attn_cases[i]);

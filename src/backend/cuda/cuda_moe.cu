@@ -13,10 +13,12 @@
  *      rounding into x, no atomics.
  * The grids are sized from n, k and E alone (an upper bound on the tile count), so the launches of a
  * step are the same whatever the routing; tiles past the real count return at once.
- * Products: tensor cores (wmma 16x16x16, fp32 accumulate) when the activations and the weights are one
- * 16-bit dtype; otherwise (F32, or mixed dtypes) a plain fp32 FMA kernel that converts on load.
- * Not done here: routing itself (moe_route), a split-k or a persistent schedule for decode (each tile
- * reads its expert's weight slab once per row tile), double-buffered loads.
+ * Products: when the activations and the weights are one 16-bit dtype, tensor cores (wmma 16x16x16,
+ * fp32 accumulate), or for decode batches (n <= 8 rows, so at most 8 rows an expert) a GEMV kernel that
+ * reads each routed expert's weights once; otherwise (F32, or mixed dtypes) a plain fp32 FMA kernel
+ * that converts on load.
+ * Not done here: routing itself (moe_route), Hopper's wgmma / TMA (the tensor-core kernel is wmma with
+ * two cp.async stages), a persistent schedule.
  */
 #include "backend/cuda/cuda_common.h"
 
@@ -165,9 +167,27 @@ __device__ __forceinline__ float silu_f(float g)
     return g / (1.f + expf(-g));
 }
 
+/* 16 bytes global -> shared without registers (sm_80+); pred false: zeros. */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool pred)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void cp_async_wait1()
+{
+    asm volatile("cp.async.wait_group 1;\n" ::);
+}
+
 /* ---- 2./3. grouped products, tensor cores: T = the activations' and the weights' dtype ----
  * 128 threads in 2 x 2 warps, each warp 32 x 32 outputs (2 x 2 fragments); GATED: the gate and up
- * products of the same rows side by side. a row r of the tile is a[a_rows ? a_rows[row0 + r] : row0 + r]. */
+ * products of the same rows side by side. a row r of the tile is a[a_rows ? a_rows[row0 + r] : row0 + r].
+ * vec (k and strides multiples of 8, 16-byte aligned): the k slices are loaded with cp.async into two
+ * stages, the next slice in flight while this one is multiplied; otherwise element by element. */
 template <typename T, bool GATED>
 __global__ void __launch_bounds__(128)
     moe_mm_tc_kernel(T *out, int64_t ostride, const T *a, int64_t astride, const int32_t *a_rows,
@@ -177,11 +197,12 @@ __global__ void __launch_bounds__(128)
     using namespace nvcuda;
     PDL_PROLOGUE();
     constexpr int G = GATED ? 2 : 1, LDS = MOE_TC_BK + 8, LDC = MOE_BN + 4;
-    constexpr int LOAD_BYTES = (MOE_BM + G * MOE_BN) * LDS * (int)sizeof(T), C_BYTES = G * MOE_BM * LDC * 4;
+    constexpr int STAGE = (MOE_BM + G * MOE_BN) * LDS; /* elements of one stage: A then B */
+    constexpr int LOAD_BYTES = 2 * STAGE * (int)sizeof(T), C_BYTES = G * MOE_BM * LDC * 4;
+    constexpr int CHUNKS = (MOE_BM + G * MOE_BN) * (MOE_TC_BK / 8); /* 16-byte pieces of a stage */
     __shared__ __align__(128) unsigned char smem[LOAD_BYTES > C_BYTES ? LOAD_BYTES : C_BYTES];
     __shared__ int rows_s[MOE_BM];
-    T *As = (T *)smem;                      /* [BM][LDS] */
-    T *Bs = As + MOE_BM * LDS;              /* [G][BN][LDS] */
+    T *S = (T *)smem;                       /* [2][STAGE]: As [BM][LDS], then Bs [G][BN][LDS] */
     float *Cs = (float *)smem;              /* [G][BM][LDC], after the k loop */
     int e, row0, nrows;
     if (!moe_tile(offs, n_tiles, tile_e, tile_r0, &e, &row0, &nrows)) return;
@@ -201,32 +222,39 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
             for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[g][i][j], 0.f);
     const T zero = from_f<T>(0.f);
-    for (int k0 = 0; k0 < kdim; k0 += MOE_TC_BK) {
-        /* (BM + G * BN) rows of BK: chunks of 8 elements, 4 chunks a row */
-        for (int q = threadIdx.x; q < (MOE_BM + G * MOE_BN) * (MOE_TC_BK / 8); q += blockDim.x) {
-            int rr = q / (MOE_TC_BK / 8), kc = (q % (MOE_TC_BK / 8)) * 8;
-            const T *src = NULL;
-            T *dst;
-            if (rr < MOE_BM) {
-                dst = As + rr * LDS + kc;
-                int ar = rows_s[rr];
-                if (ar >= 0) src = a + (int64_t)ar * astride;
-            } else {
-                int b = rr - MOE_BM, g = b / MOE_BN, col = b % MOE_BN;
-                dst = Bs + (g * MOE_BN + col) * LDS + kc;
-                if (c0 + col < m) src = W[g] + (int64_t)(c0 + col) * wstride;
-            }
-            int kk = k0 + kc;
+    /* the source row of stage row rr (NULL: zeros), and where it goes */
+    auto src_row = [&](int rr) -> const T * {
+        if (rr < MOE_BM) {
+            int ar = rows_s[rr];
+            return ar >= 0 ? a + (int64_t)ar * astride : (const T *)0;
+        }
+        int b = rr - MOE_BM, g = b / MOE_BN, col = b % MOE_BN;
+        return c0 + col < m ? W[g] + (int64_t)(c0 + col) * wstride : (const T *)0;
+    };
+    auto load_stage = [&](int st, int k0) {
+        T *base = S + st * STAGE;
+        for (int q = threadIdx.x; q < CHUNKS; q += blockDim.x) {
+            int rr = q / (MOE_TC_BK / 8), kc = (q % (MOE_TC_BK / 8)) * 8, kk = k0 + kc;
+            const T *src = src_row(rr);
+            T *dst = base + rr * LDS + kc;
             if (vec) {
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (src && kk < kdim) v = *(const uint4 *)(src + kk);
-                *(uint4 *)dst = v;
+                bool ok = src && kk < kdim;
+                cp_async16(dst, ok ? (const void *)(src + kk) : (const void *)a, ok);
             } else {
 #pragma unroll
                 for (int u = 0; u < 8; u++) dst[u] = (src && kk + u < kdim) ? src[kk + u] : zero;
             }
         }
+    };
+    const int n_k = (kdim + MOE_TC_BK - 1) / MOE_TC_BK;
+    load_stage(0, 0);
+    cp_async_commit();
+    for (int kt = 0; kt < n_k; kt++) {
+        if (kt + 1 < n_k) load_stage((kt + 1) & 1, (kt + 1) * MOE_TC_BK);
+        cp_async_commit(); /* possibly empty: the wait below always leaves exactly the newest group */
+        cp_async_wait1();
         __syncthreads();
+        const T *As = S + (kt & 1) * STAGE, *Bs = As + MOE_BM * LDS;
 #pragma unroll
         for (int ks = 0; ks < MOE_TC_BK; ks += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
@@ -244,7 +272,7 @@ __global__ void __launch_bounds__(128)
                     for (int j = 0; j < 2; j++) wmma::mma_sync(acc[g][i][j], fa[i], fb[j], acc[g][i][j]);
             }
         }
-        __syncthreads();
+        __syncthreads(); /* this stage is loaded again two slices on */
     }
 #pragma unroll
     for (int g = 0; g < G; g++)
@@ -261,6 +289,112 @@ __global__ void __launch_bounds__(128)
         float v = Cs[r * LDC + c];
         if (GATED) v = silu_f(v) * Cs[MOE_BM * LDC + r * LDC + c];
         out[(int64_t)(row0 + r) * ostride + c0 + c] = from_f<T>(v);
+    }
+}
+
+/* ---- 2./3. for decode (n <= MOE_GEMV_ROWS, so an expert has at most that many rows, one tile): one
+ * warp per output column (KW warps share a long k), 16-byte loads of the weight rows batched
+ * MOE_GEMV_BATCH deep, the expert's rows of a (L1/L2-resident) against each: the weights are read
+ * once, as the dense GEMV does. Needs 16-bit T, k and the strides multiples of 8, 16-byte alignment. */
+#define MOE_GEMV_ROWS 8
+#define MOE_GEMV_WARPS 4
+#define MOE_GEMV_BATCH 4
+
+template <typename T, bool GATED, int KW>
+__global__ void __launch_bounds__(32 * MOE_GEMV_WARPS)
+    moe_gemv_kernel(T *out, int64_t ostride, const T *a, int64_t astride, const int32_t *a_rows, void *const *table,
+                    int w0, int w1, int64_t wstride, const int32_t *offs, const int32_t *n_tiles,
+                    const int32_t *tile_e, const int32_t *tile_r0, int m, int kdim)
+{
+    PDL_PROLOGUE();
+    constexpr int NB = MOE_GEMV_ROWS, G = GATED ? 2 : 1;
+    __shared__ int rows_s[NB];
+    __shared__ float red[MOE_GEMV_WARPS][G][NB];
+    int e, row0, nrows;
+    if (!moe_tile(offs, n_tiles, tile_e, tile_r0, &e, &row0, &nrows)) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int col = blockIdx.x * (MOE_GEMV_WARPS / KW) + warp / KW, part = warp % KW;
+    const int tr = (int)threadIdx.x;
+    if (tr < NB) rows_s[tr] = tr < nrows ? (a_rows ? a_rows[row0 + tr] : row0 + tr) : -1;
+    __syncthreads();
+    float acc[G][NB];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[g][b] = 0.f;
+    if (col < m) {
+        const T *wr[G];
+        wr[0] = (const T *)table[w0 + e] + (int64_t)col * wstride;
+        if constexpr (GATED) wr[G - 1] = (const T *)table[w1 + e] + (int64_t)col * wstride;
+        const T *xr[NB];
+#pragma unroll
+        for (int b = 0; b < NB; b++) xr[b] = a + (int64_t)(rows_s[b] >= 0 ? rows_s[b] : rows_s[0]) * astride;
+        const int step = 256 * KW;
+        for (int c0 = (part * 32 + lane) * 8; c0 < kdim; c0 += MOE_GEMV_BATCH * step) {
+            uint4 wv[G][MOE_GEMV_BATCH];
+#pragma unroll
+            for (int u = 0; u < MOE_GEMV_BATCH; u++) {
+                int c = c0 + u * step;
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    wv[g][u] = make_uint4(0, 0, 0, 0);
+                    if (c < kdim) wv[g][u] = __ldg((const uint4 *)(wr[g] + c));
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MOE_GEMV_BATCH; u++) {
+                int c = c0 + u * step;
+                if (c >= kdim) break;
+                float wf[G][8];
+#pragma unroll
+                for (int g = 0; g < G; g++) unpack8(wv[g][u], wf[g], (const T *)0);
+#pragma unroll
+                for (int b = 0; b < NB; b++) {
+                    if (b >= nrows) break;
+                    float xf[8];
+                    unpack8(*(const uint4 *)(xr[b] + c), xf, (const T *)0);
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[g][b] = fmaf(wf[g][j], xf[j], acc[g][b]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[g][b] += __shfl_xor_sync(0xffffffffu, acc[g][b], o);
+    if (KW > 1) {
+        if (lane == 0)
+#pragma unroll
+            for (int g = 0; g < G; g++)
+#pragma unroll
+                for (int b = 0; b < NB; b++) red[warp][g][b] = acc[g][b];
+        __syncthreads();
+        if (part == 0)
+#pragma unroll
+            for (int g = 0; g < G; g++)
+#pragma unroll
+                for (int b = 0; b < NB; b++) {
+                    float t = 0.f;
+#pragma unroll
+                    for (int j = 0; j < KW; j++) t += red[warp + j][g][b];
+                    acc[g][b] = t;
+                }
+    }
+    if (part == 0 && col < m && lane < nrows) {
+        float v = 0.f, v2 = 0.f;
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b == lane) {
+                v = acc[0][b];
+                v2 = acc[G - 1][b];
+            }
+        if (GATED) v = silu_f(v) * v2;
+        out[(int64_t)(row0 + lane) * ostride + col] = from_f<T>(v);
     }
 }
 
@@ -352,11 +486,45 @@ static bool al16(const void *p)
     return ((uintptr_t)p & 15) == 0;
 }
 
+template <typename T, bool GATED, int KW>
+static void launch_gemv_kw(struct cuda_ctx *c, int tiles, void *out, int64_t ostride, const void *a, int64_t astride,
+                           const int32_t *a_rows, void *const *table, int w0, int w1, int64_t wstride,
+                           const struct moe_ws *w, int m, int kdim)
+{
+    const int cols_per_block = MOE_GEMV_WARPS / KW;
+    dim3 grid((m + cols_per_block - 1) / cols_per_block, tiles);
+    cuda_launch(c, moe_gemv_kernel<T, GATED, KW>, grid, dim3(32 * MOE_GEMV_WARPS), 0, (T *)out, ostride,
+                (const T *)a, astride, a_rows, table, w0, w1, wstride, (const int32_t *)w->offs,
+                (const int32_t *)w->n_tiles, (const int32_t *)w->tile_e, (const int32_t *)w->tile_r0, m, kdim);
+    CUDA_LAUNCH_CHECK();
+}
+
+template <typename T, bool GATED>
+static void launch_gemv(struct cuda_ctx *c, int tiles, void *out, int64_t ostride, const void *a, int64_t astride,
+                        const int32_t *a_rows, void *const *table, int w0, int w1, int64_t wstride,
+                        const struct moe_ws *w, int m, int kdim)
+{
+    /* about four 16-byte loads per lane in flight; at most 4 warps on one column */
+    if (kdim <= 1024)
+        launch_gemv_kw<T, GATED, 1>(c, tiles, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim);
+    else if (kdim <= 2048)
+        launch_gemv_kw<T, GATED, 2>(c, tiles, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim);
+    else
+        launch_gemv_kw<T, GATED, 4>(c, tiles, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim);
+}
+
 template <typename T>
 static void launch_tc(struct cuda_ctx *c, bool gated, dim3 grid, void *out, int64_t ostride, const void *a,
                       int64_t astride, const int32_t *a_rows, void *const *table, int w0, int w1, int64_t wstride,
-                      const struct moe_ws *w, int m, int kdim, int vec)
+                      const struct moe_ws *w, int m, int kdim, int vec, bool small)
 {
+    if (small && vec) {
+        if (gated)
+            launch_gemv<T, true>(c, grid.y, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim);
+        else
+            launch_gemv<T, false>(c, grid.y, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim);
+        return;
+    }
     if (gated)
         cuda_launch(c, moe_mm_tc_kernel<T, true>, grid, dim3(128), 0, (T *)out, ostride, (const T *)a, astride,
                     a_rows, table, w0, w1, wstride, (const int32_t *)w->offs, (const int32_t *)w->n_tiles,
@@ -369,7 +537,7 @@ static void launch_tc(struct cuda_ctx *c, bool gated, dim3 grid, void *out, int6
 }
 
 /* One grouped product: out[sorted rows, m] = a[rows] @ W_e^T (GATED: silu(a @ Wg_e^T) * (a @ Wu_e^T)). */
-static void moe_product(struct cuda_ctx *c, bool gated, int tiles, void *out, enum loom_dtype odt, int64_t ostride,
+static void moe_product(struct cuda_ctx *c, bool gated, bool small, int tiles, void *out, enum loom_dtype odt, int64_t ostride,
                         const void *a, enum loom_dtype adt, int64_t astride, const int32_t *a_rows,
                         void *const *table, int w0, int w1, enum loom_dtype wdt, int64_t wstride, bool w_al16,
                         const struct moe_ws *w, int m, int kdim)
@@ -380,10 +548,10 @@ static void moe_product(struct cuda_ctx *c, bool gated, int tiles, void *out, en
         int vec = kdim % 8 == 0 && astride % 8 == 0 && wstride % 8 == 0 && al16(a) && w_al16;
         if (adt == LOOM_DTYPE_BF16)
             launch_tc<__nv_bfloat16>(c, gated, grid, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m,
-                                     kdim, vec);
+                                     kdim, vec, small);
         else
             launch_tc<__half>(c, gated, grid, out, ostride, a, astride, a_rows, table, w0, w1, wstride, w, m, kdim,
-                              vec);
+                              vec, small);
         return;
     }
     if (gated)
@@ -436,9 +604,11 @@ void cuda_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom
     cuda_launch(c, moe_group_kernel, dim3(1), dim3(32 * MOE_GROUP_WARPS), smem, ids, (int)nk, k, E, w.offs, w.n_tiles,
                 w.tile_e, w.tile_r0, w.perm_tok, w.inv);
     CUDA_LAUNCH_CHECK();
-    moe_product(c, true, tiles, w.act, act, MI, h.data, h.dtype, h.stride, w.perm_tok, ex->table, 0, E,
+    /* n <= MOE_GEMV_ROWS: every expert has at most n rows (one tile), the decode kernels apply */
+    const bool small = n <= MOE_GEMV_ROWS;
+    moe_product(c, true, small, tiles, w.act, act, MI, h.data, h.dtype, h.stride, w.perm_tok, ex->table, 0, E,
                 ex->gate[0].dtype, ex->gate[0].stride, g16 && u16, &w, MI, H);
-    moe_product(c, false, tiles, w.y, act, H, w.act, act, MI, NULL, ex->table, 2 * E, 2 * E, ex->down[0].dtype,
+    moe_product(c, false, small, tiles, w.y, act, H, w.act, act, MI, NULL, ex->table, 2 * E, 2 * E, ex->down[0].dtype,
                 ex->down[0].stride, d16, &w, H, MI);
     cuda_launch(c, moe_combine_kernel, dim3((unsigned)n), dim3(128), 0, x.data, (int)x.dtype, x.stride,
                 (const void *)w.y, (int)act, (int64_t)H, (const int32_t *)w.inv, weights, k, (int64_t)H);
