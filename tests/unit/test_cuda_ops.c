@@ -845,6 +845,10 @@ static const struct attn_case attn_cases[] = {
     {"window-decode", 8, 4, 64, 64, 32, 4, {1, 1, 2, 1}, {1000, 63, 65, 64}},
     {"g16-hd96", 32, 2, 96, 0, 16, 3, {1, 4, 1}, {700, 20, 33}}, /* outside the warp-per-tile kernel's shapes */
     {"decode-f-256", 8, 1, 256, 0, 16, 2, {1, 1}, {5000, 260}},
+    /* prefill steps the tensor-core kernel takes (bf16/f16, head_dim 64/128, a query run >= 16) */
+    {"tc-prefill-gqa", 14, 2, 64, 0, 16, 4, {300, 64, 1, 17}, {300, 200, 90, 17}},
+    {"tc-prefill-window", 8, 2, 128, 50, 16, 3, {130, 65, 2}, {130, 400, 60}},
+    {"tc-chunk-bs32", 32, 8, 128, 0, 32, 2, {64, 100}, {640, 100}},
 };
 
 /* New random values into an existing tensor (host copies and device memory). */

@@ -7,7 +7,8 @@
  * Flash-decoding: when tokens x KV heads would leave the GPU idle (a decode batch, a long context),
  * the context is split into n_splits ranges across blocks; each writes its partial (max, sum, output)
  * to a workspace and a second kernel merges them.
- * Not here: tensor-core tiles for long prefills (a query tile per block would reuse K/V across tokens).
+ * Prefill steps in bf16/f16 with head_dim 64 or 128 go to cuda_attention_tc.cu (tensor cores, a query
+ * tile per block) instead.
  */
 #include "backend/cuda/cuda_common.h"
 
@@ -233,6 +234,7 @@ void cuda_attention_init(struct cuda_ctx *c)
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, ATTN_MAX_COUNTERS * sizeof(int)));
     CUDA_CHECK(cudaMemset(c->attn_counters, 0, ATTN_MAX_COUNTERS * sizeof(int)));
+    cuda_attention_tc_init(c);
 }
 
 template <typename T>
@@ -259,6 +261,8 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     int n_tokens = meta->n_tokens;
     if (n_tokens == 0) return;
     LOOM_ASSERT(q.rows >= n_tokens && out.rows >= n_tokens && meta->n_seqs > 0);
+    if (cuda_attention_tc(c, out, q, k_cache, v_cache, meta, n_heads, n_kv_heads, head_dim, scale, sliding_window))
+        return; /* a prefill step on tensor cores */
 
     struct attn_params P;
     memset(&P, 0, sizeof P); /* padding too: launches are recorded and compared as bytes */

@@ -100,6 +100,7 @@ struct cuda_ctx {
     unsigned char *pinned;       /* [LOOM_CUDA_PINNED_BYTES] page-locked staging for uploads and downloads */
     size_t pinned_used;          /* bytes of it that queued uploads still read (reset when the stream drains) */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
+    bool tc_attn;                /* prefill attention on tensor cores (cuda_attention_tc.cu; LOOM_CUDA_TC_ATTN=0: off) */
     void *sample_buf;            /* cuda_sample.cu: its rows, edits and tokens (grown on demand) */
     size_t sample_cap;
 
@@ -287,5 +288,10 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
                     struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
                     int head_dim, float scale, int sliding_window);
 void cuda_attention_init(struct cuda_ctx *c);
+/* cuda_attention_tc.cu: the tensor-core prefill path; false when the step or shapes are not its own */
+void cuda_attention_tc_init(struct cuda_ctx *c);
+bool cuda_attention_tc(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
+                       struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
+                       int head_dim, float scale, int sliding_window);
 
 #endif
