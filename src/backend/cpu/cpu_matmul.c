@@ -1,20 +1,26 @@
 /*
  * cpu_matmul.c: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]), x and out F32, w F32/F16/BF16 at any
- * alignment (the mmapped file). Where the time of a forward pass goes, so three shapes of kernel:
+ * alignment (the mmapped file). Where the time of a forward pass goes, so these shapes of kernel:
  *
- *  - GEMV (n <= 4, decode): bound by reading w once. Each thread streams a range of w rows, one
- *    row at a time, against every token: for bf16 one 64-byte load gives 32 weights, split into
- *    the even and odd halves by a shift and a mask (exact), and x is permuted to match.
- *  - GEMM (prefill, fp32-exact): work items are (a chunk of w rows) x (a block of tokens). A tile of
- *    4 w rows x KC columns is converted to f32 in an L1-resident buffer, then every token of the
- *    block is dotted against it, 4 rows x up to 6 tokens per kernel call (24 accumulators along k,
- *    reduced at the end of each KC block).
+ *  - GEMV (n = 1, decode): bound by reading w once. Each thread streams a range of w rows, one
+ *    row at a time: for bf16 one 64-byte load gives 32 weights, split into the even and odd
+ *    halves by a shift and a mask (exact), and x is permuted to match.
+ *  - small-n GEMM (AVX-512, fp32-exact, every n >= 2: batched decode and prefill): a block of 4 w
+ *    rows is converted in registers straight from the weights (no packing) and dotted against
+ *    register blocks of up to 5 tokens whose x was laid out once per call in the same lane order;
+ *    the block stays in L1/L2 while every token group passes over it, and the first pass
+ *    prefetches the next block into L2. At 2-4 rows it runs at the GEMV's memory speed, from ~8
+ *    rows at ~90% of the FMA peak. Tokens come in blocks of SN_NB.
  *  - GEMM with bf16 dot products (the fast mode, asked for by --dtype bfloat16 on the CPU, bf16
- *    weights only): x is rounded to bf16 once and vdpbf16ps does 32 multiply-adds per instruction.
+ *    weights, n > 4): x is rounded to bf16 once and vdpbf16ps does 32 multiply-adds per
+ *    instruction; n <= SNB_MAX the small-n structure (4 raw rows x 6 tokens), above it packed
+ *    4 x KC_BF16 tiles.
+ *  - blocked GEMM (AVX2 and portable C, every n): work items are (a chunk of w rows) x (a block of
+ *    tokens); a tile of 4 w rows x KC columns is converted to f32 in an L1-resident buffer, then
+ *    every token of the block is dotted against it (24 accumulators along k on AVX-512/AVX2).
  *
- * Each has an AVX-512 version; AVX2+FMA and portable C run the GEMM structure for every n.
- * It does not pre-pack weights (they stay zero-copy) and does not allocate, except the fast mode's
- * bf16 copy of x, which grows on first use of a larger shape.
+ * It does not pre-pack weights (they stay zero-copy) and does not allocate, except the scratch for
+ * the copy of x (f32 in lane order, or bf16), which grows on first use of a larger shape.
  */
 #include "backend/cpu/cpu_internal.h"
 
@@ -23,7 +29,9 @@
 #define KC 512     /* k block of the f32 GEMM (4 rows x 512 floats = 8 KiB of packed w) */
 #define KC_BF16 1024
 #define NB 256     /* tokens per GEMM block: their x block (512 KiB at most) stays in L2 */
-#define GEMV_MAX 4 /* largest n that takes the GEMV path (AVX-512) */
+#define GEMV_NT 4  /* the GEMV kernel handles up to this many tokens */
+#define GEMV_MAX 1 /* largest n that takes the GEMV path (AVX-512); 2.. go to the small-n GEMM */
+#define SNB_MAX 64 /* largest n of the small-n GEMM in the bf16 mode; the packed bf16 GEMM above */
 
 struct mm_job {
     struct cpu_ctx *c;
@@ -39,6 +47,7 @@ struct mm_job {
     int n, m, k;
     int mc, n_mchunks, n_tblocks; /* GEMM work split */
     const uint16_t *xb;           /* fast mode: x as bf16, [n, kp] */
+    float *x_sn;                  /* small-n GEMM: x in the lane order of wt, [n, kp] */
     int64_t kp;
 };
 
@@ -204,8 +213,8 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
 {
     const size_t esz = loom_dtype_size(wt);
     const char *wr = j->w + (int64_t)j0 * j->ws_bytes;
-    const float *xr[GEMV_MAX];
-    __m512 acc_a[GEMV_MAX], acc_b[GEMV_MAX];
+    const float *xr[GEMV_NT];
+    __m512 acc_a[GEMV_NT], acc_b[GEMV_MAX];
     for (int t = 0; t < NT; t++) {
         xr[t] = xp ? xp + (int64_t)t * kp : j->x + (int64_t)t * j->xs;
         acc_a[t] = acc_b[t] = _mm512_setzero_ps();
@@ -239,7 +248,7 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
 
 T512 static INLINE void gemv_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
 {
-    _Alignas(64) float xp_buf[GEMV_MAX * GEMV_XP_MAX];
+    _Alignas(64) float xp_buf[GEMV_NT * GEMV_XP_MAX];
     const float *xp = NULL;
     const int kp = (j->k + 31) & ~31;
     if (wt == LOOM_DTYPE_BF16 && kp <= GEMV_XP_MAX) {
@@ -271,6 +280,141 @@ T512 static void gemv_range_512(void *arg, int64_t b, int64_t e, int ith)
     case LOOM_DTYPE_BF16: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_BF16); break;
     case LOOM_DTYPE_F16: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F16); break;
     default: gemv_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F32); break;
+    }
+    add_bias(j, 0, j->n, (int)b, (int)e);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* AVX-512 small-n GEMM (fp32-exact): no packing. A block of 4 w rows is read straight from the
+ * weights (converted in registers, bf16 split into even/odd lanes as in the GEMV) against a register
+ * block of up to SN_T tokens whose x was laid out once per call to match (x_sn: [n][kp], zero-padded).
+ * The 4 rows stay in L1/L2 while every token group passes over them, so w streams from memory once;
+ * the first pass prefetches the next row block (one linear sweep of its 4 * k elements: rows are
+ * adjacent in the weight file). On the Zen 4 here, prefetching that block into L1 instead of L2
+ * halved the speed at 8-16 rows, and 4 row streams without any prefetch ran at ~60% of one. */
+
+/* into L2 (T1): prefetches to L1 occupy the few L1 miss buffers that the loads need */
+#define SNPF(p) _mm_prefetch((p), _MM_HINT_T1)
+#define SN_NB 256 /* tokens per call of the small-n kernel (larger n: blocks of this many) */
+#define SN_T 5 /* tokens per register block: 4 x 5 accumulators + 8 w + 2 x registers */
+
+T512 static void sn_xprep_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    for (int64_t t = b; t < e; t++)
+        for (int kk = 0; kk < j->kp; kk += 32) {
+            __m512 a, c;
+            x32_512(j->x + t * j->xs + kk, j->wt, j->k - kk, &a, &c);
+            _mm512_store_ps(j->x_sn + t * j->kp + kk, a);
+            _mm512_store_ps(j->x_sn + t * j->kp + kk + 16, c);
+        }
+}
+
+T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, int t0, const int NT,
+                                     const enum loom_dtype wt, bool pf, int64_t pfo)
+{
+    const size_t esz = loom_dtype_size(wt);
+    const int64_t ws = j->ws_bytes;
+    const char *w0 = j->w + (int64_t)row * ws;
+    const char *w1 = w0 + (rows > 1 ? 1 : 0) * ws, *w2 = w0 + (rows > 2 ? 2 : 0) * ws;
+    const char *w3 = w0 + (rows > 3 ? 3 : 0) * ws;
+    const int64_t kp = j->kp;
+    const float *xr = j->x_sn + (int64_t)t0 * kp;
+    __m512 acc[4][SN_T];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    const int k = j->k;
+    int kk = 0;
+    for (; kk + 32 <= k; kk += 32) {
+        __m512 a0, b0, a1, b1, a2, b2, a3, b3;
+        const int64_t o = (int64_t)kk * (int64_t)esz;
+        w32_512(w0 + o, wt, 32, &a0, &b0);
+        w32_512(w1 + o, wt, 32, &a1, &b1);
+        w32_512(w2 + o, wt, 32, &a2, &b2);
+        w32_512(w3 + o, wt, 32, &a3, &b3);
+        if (pf) { /* the next block, as one linear sweep: 4 rows of k elements are 4 * k * esz bytes */
+            const char *q = w0 + pfo + 4 * o;
+            SNPF(q);
+            SNPF(q + 64);
+            SNPF(q + 128);
+            SNPF(q + 192);
+            if (esz > 2) {
+                SNPF(q + 256);
+                SNPF(q + 320);
+                SNPF(q + 384);
+                SNPF(q + 448);
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            __m512 xa = _mm512_load_ps(xr + t * kp + kk), xb = _mm512_load_ps(xr + t * kp + kk + 16);
+            acc[0][t] = _mm512_fmadd_ps(a0, xa, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(a1, xa, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(a2, xa, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(a3, xa, acc[3][t]);
+            acc[0][t] = _mm512_fmadd_ps(b0, xb, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(b1, xb, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(b2, xb, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(b3, xb, acc[3][t]);
+        }
+    }
+    if (kk < k) { /* w masked to zero past k; x_sn is zero-padded */
+        __m512 a0, b0, a1, b1, a2, b2, a3, b3;
+        const int64_t o = (int64_t)kk * (int64_t)esz;
+        w32_512(w0 + o, wt, k - kk, &a0, &b0);
+        w32_512(w1 + o, wt, k - kk, &a1, &b1);
+        w32_512(w2 + o, wt, k - kk, &a2, &b2);
+        w32_512(w3 + o, wt, k - kk, &a3, &b3);
+        for (int t = 0; t < NT; t++) {
+            __m512 xa = _mm512_load_ps(xr + t * kp + kk), xb = _mm512_load_ps(xr + t * kp + kk + 16);
+            acc[0][t] = _mm512_fmadd_ps(a0, xa, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(a1, xa, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(a2, xa, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(a3, xa, acc[3][t]);
+            acc[0][t] = _mm512_fmadd_ps(b0, xb, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(b1, xb, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(b2, xb, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(b3, xb, acc[3][t]);
+        }
+    }
+    const __mmask8 sm = (__mmask8)((1u << rows) - 1);
+    for (int t = 0; t < NT; t++)
+        _mm_mask_storeu_ps(j->out + (int64_t)(t0 + t) * j->os + row, sm,
+                           hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+}
+
+T512 static INLINE void sn_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
+{
+    const int groups = (j->n + SN_T - 1) / SN_T;
+    const int64_t pfo = 4 * j->ws_bytes; /* the next row block */
+    for (int row = j0; row < j1; row += 4) {
+        const int rows = min_i(4, j1 - row);
+        const bool pf = row + 4 < j->m;
+        int t0 = 0;
+        for (int g = 0; g < groups; g++) {
+            const int nt = (j->n - t0) / (groups - g); /* balanced groups of at most SN_T */
+            const bool p = pf && g == 0;
+            switch (nt) {
+            case 1: sn_block_512(j, row, rows, t0, 1, wt, p, pfo); break;
+            case 2: sn_block_512(j, row, rows, t0, 2, wt, p, pfo); break;
+            case 3: sn_block_512(j, row, rows, t0, 3, wt, p, pfo); break;
+            case 4: sn_block_512(j, row, rows, t0, 4, wt, p, pfo); break;
+            case 5: sn_block_512(j, row, rows, t0, 5, wt, p, pfo); break;
+            default: LOOM_DIE("small-n gemm: group of %d", nt);
+            }
+            t0 += nt;
+        }
+    }
+}
+
+T512 static void sn_range_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    switch (j->wt) {
+    case LOOM_DTYPE_BF16: sn_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_BF16); break;
+    case LOOM_DTYPE_F16: sn_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F16); break;
+    default: sn_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F32); break;
     }
     add_bias(j, 0, j->n, (int)b, (int)e);
 }
@@ -453,6 +597,88 @@ T512BF static void gemm_bf16_item(void *arg, int64_t b, int64_t e, int ith)
     }
 }
 
+/* The same for the bf16 fast mode: raw bf16 w rows against x rounded to bf16, vdpbf16ps (32 products per
+ * instruction); 4 rows x up to 6 tokens = 24 accumulators. */
+#define SNB_T 6
+
+T512BF static INLINE void snb_block_512(const struct mm_job *j, int row, int rows, int t0, const int NT, bool pf,
+                                        int64_t pfo)
+{
+    const int64_t ws = j->ws_bytes;
+    const char *w0 = j->w + (int64_t)row * ws;
+    const char *w1 = w0 + (rows > 1 ? 1 : 0) * ws, *w2 = w0 + (rows > 2 ? 2 : 0) * ws;
+    const char *w3 = w0 + (rows > 3 ? 3 : 0) * ws;
+    const int64_t kp = j->kp;
+    const uint16_t *xr = j->xb + (int64_t)t0 * kp;
+    __m512 acc[4][SNB_T];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    const int k = j->k;
+    for (int kk = 0; kk < k; kk += 32) {
+        __m512bh a0, a1, a2, a3;
+        const int64_t o = (int64_t)kk * 2;
+        if (kk + 32 <= k) {
+            a0 = (__m512bh)_mm512_loadu_si512(w0 + o);
+            a1 = (__m512bh)_mm512_loadu_si512(w1 + o);
+            a2 = (__m512bh)_mm512_loadu_si512(w2 + o);
+            a3 = (__m512bh)_mm512_loadu_si512(w3 + o);
+        } else {
+            const __mmask32 m = (__mmask32)((1u << (k - kk)) - 1);
+            a0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + o);
+            a1 = (__m512bh)_mm512_maskz_loadu_epi16(m, w1 + o);
+            a2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + o);
+            a3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + o);
+        }
+        if (pf) {
+            const char *q = w0 + pfo + 4 * o;
+            SNPF(q);
+            SNPF(q + 64);
+            SNPF(q + 128);
+            SNPF(q + 192);
+        }
+        for (int t = 0; t < NT; t++) {
+            __m512bh xv = (__m512bh)_mm512_load_si512(xr + t * kp + kk);
+            acc[0][t] = _mm512_dpbf16_ps(acc[0][t], a0, xv);
+            acc[1][t] = _mm512_dpbf16_ps(acc[1][t], a1, xv);
+            acc[2][t] = _mm512_dpbf16_ps(acc[2][t], a2, xv);
+            acc[3][t] = _mm512_dpbf16_ps(acc[3][t], a3, xv);
+        }
+    }
+    const __mmask8 sm = (__mmask8)((1u << rows) - 1);
+    for (int t = 0; t < NT; t++)
+        _mm_mask_storeu_ps(j->out + (int64_t)(t0 + t) * j->os + row, sm,
+                           hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+}
+
+T512BF static void snb_range_512(void *arg, int64_t b, int64_t e, int ith)
+{
+    const struct mm_job *j = arg;
+    (void)ith;
+    const int j0 = (int)b, j1 = (int)e;
+    const int groups = (j->n + SNB_T - 1) / SNB_T;
+    const int64_t pfo = 4 * j->ws_bytes; /* the next row block */
+    for (int row = j0; row < j1; row += 4) {
+        const int rows = min_i(4, j1 - row);
+        const bool pf = row + 4 < j->m;
+        int t0 = 0;
+        for (int g = 0; g < groups; g++) {
+            const int nt = (j->n - t0) / (groups - g);
+            const bool p = pf && g == 0;
+            switch (nt) {
+            case 1: snb_block_512(j, row, rows, t0, 1, p, pfo); break;
+            case 2: snb_block_512(j, row, rows, t0, 2, p, pfo); break;
+            case 3: snb_block_512(j, row, rows, t0, 3, p, pfo); break;
+            case 4: snb_block_512(j, row, rows, t0, 4, p, pfo); break;
+            case 5: snb_block_512(j, row, rows, t0, 5, p, pfo); break;
+            case 6: snb_block_512(j, row, rows, t0, 6, p, pfo); break;
+            default: LOOM_DIE("small-n bf16 gemm: group of %d", nt);
+            }
+            t0 += nt;
+        }
+    }
+    add_bias(j, 0, j->n, j0, j1);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* AVX2 GEMM (used for every n) */
 
@@ -571,6 +797,14 @@ static void gemm_items_256(void *arg, int64_t b, int64_t e, int ith)
 
 /* ---------------------------------------------------------------------------------------------- */
 
+/* parallel_for grain over w rows: about `per_thread` chunks per thread, whole cache lines of out each */
+static int64_t row_grain(int m, int nth, int per_thread)
+{
+    int64_t g = ((int64_t)m + per_thread * nth - 1) / (per_thread * nth);
+    g = (g + 15) & ~15;
+    return g < 16 ? 16 : g;
+}
+
 static void *scratch(struct cpu_ctx *c, size_t bytes)
 {
     if (bytes > c->scratch_bytes) {
@@ -602,12 +836,37 @@ void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_ten
     if (j.n == 0 || j.m == 0) return;
     int nth = loom_threadpool_size(c->tp);
 #if defined(__x86_64__)
-    if (c->isa == CPU_ISA_AVX512 && j.n <= GEMV_MAX) {
-        int64_t grain = ((int64_t)j.m + 8 * nth - 1) / (8 * nth);
-        grain = (grain + 15) & ~15;
-        if (grain < 16) grain = 16;
-        loom_parallel_for(c->tp, j.m, grain, gemv_range_512, &j);
-        return;
+    if (c->isa == CPU_ISA_AVX512) {
+        /* bf16 dot products only where n is large enough to be compute-bound: below, exact costs nothing */
+        const bool bf16_dot = c->bf16_matmul && c->has_bf16_dot && w.dtype == LOOM_DTYPE_BF16 && j.n > GEMV_NT;
+        if (j.n <= GEMV_MAX) {
+            loom_parallel_for(c->tp, j.m, row_grain(j.m, nth, 8), gemv_range_512, &j);
+            return;
+        }
+        if (!bf16_dot) {
+            /* token blocks of SN_NB (prefill): each block's x stays in L2/L3 while w streams once per block */
+            j.kp = (j.k + 31) & ~31;
+            const int n = j.n;
+            for (int t0 = 0; t0 < n; t0 += SN_NB) {
+                struct mm_job b = j;
+                b.n = min_i(SN_NB, n - t0);
+                b.x = j.x + (int64_t)t0 * j.xs;
+                b.out = j.out + (int64_t)t0 * j.os;
+                b.x_sn = scratch(c, (size_t)b.n * (size_t)b.kp * 4);
+                loom_parallel_for(c->tp, b.n, 0, sn_xprep_512, &b);
+                loom_parallel_for(c->tp, b.m, row_grain(b.m, nth, 16), sn_range_512, &b);
+            }
+            return;
+        }
+        if (bf16_dot) {
+            j.kp = (j.k + 31) & ~31;
+            j.xb = scratch(c, (size_t)j.n * (size_t)j.kp * 2);
+            loom_parallel_for(c->tp, j.n, 0, x_to_bf16_512, &j);
+            if (j.n <= SNB_MAX) {
+                loom_parallel_for(c->tp, j.m, row_grain(j.m, nth, 16), snb_range_512, &j);
+                return;
+            }
+        }
     }
 #endif
     /* GEMM work split: (chunks of w rows) x (blocks of NB tokens), about 8 items per thread */
@@ -622,10 +881,7 @@ void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_ten
     j.n_mchunks = (j.m + mc - 1) / mc;
     int64_t items = (int64_t)j.n_mchunks * j.n_tblocks;
 #if defined(__x86_64__)
-    if (c->isa == CPU_ISA_AVX512 && c->bf16_matmul && c->has_bf16_dot && w.dtype == LOOM_DTYPE_BF16) {
-        j.kp = (j.k + 31) & ~31;
-        j.xb = scratch(c, (size_t)j.n * (size_t)j.kp * 2);
-        loom_parallel_for(c->tp, j.n, 0, x_to_bf16_512, &j);
+    if (j.xb) {
         loom_parallel_for(c->tp, items, 1, gemm_bf16_item, &j);
         return;
     }
