@@ -241,18 +241,22 @@ int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const s
 {
     int32_t greedy = loom_sampler_prepare(s, logits, in);
     if (greedy >= 0) return greedy;
-    /* inverse CDF over the kept tokens in id order */
-    const float *x = s->work;
-    float m = s->max;
-    int V = s->vocab;
+    /* inverse CDF over the kept tokens in id order; the row's weights exp(x - max) are computed once
+     * (float: a token below e^-103 of the top one has no weight) and kept in work for the walk */
+    float *x = s->work;
+    const float m = s->max;
+    const int V = s->vocab;
     double z = 0;
-    for (int i = 0; i < V; i++)
-        if (x[i] > -INFINITY) z += exp((double)x[i] - m);
+    for (int i = 0; i < V; i++) {
+        float w = x[i] > -INFINITY ? expf(x[i] - m) : 0.0f;
+        x[i] = w;
+        z += w;
+    }
     double u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output) * z, acc = 0;
     int32_t last = 0;
     for (int32_t i = 0; i < V; i++) {
-        if (!(x[i] > -INFINITY)) continue;
-        acc += exp((double)x[i] - m);
+        if (!(x[i] > 0)) continue;
+        acc += x[i];
         last = i;
         if (acc > u) return i;
     }
