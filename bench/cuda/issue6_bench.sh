@@ -30,6 +30,7 @@ step() { # step NAME MIN_SECONDS_LEFT COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG"
 [ "$TESTS" = 0 ] || for t in "$B"/test_cuda_*; do timeout 200 "$t" > "$OUT/json/$(basename "$t").log" 2>&1; echo "$(basename "$t") rc=$? $(tail -1 "$OUT/json/$(basename "$t").log")" | tee -a "$LOG"; done
 L="$B/loom bench latency"
+step ceilings 30 "$B/ceilings"
 step make_q05 30 "$B/loom" make-model .dev/shared/configs/qwen2-0.5b.json /tmp/q05 --seed 1
 step q05_decode_b1 30 $L /tmp/q05 --device cuda --batch-size 1 --input-len 128 --output-len 256 --num-iters-warmup 1 --num-iters 3 --temperature 0 --json "$OUT/json/q05_decode_b1.json"
 step q05_decode_b64 30 $L /tmp/q05 --device cuda --batch-size 64 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 --temperature 0 --json "$OUT/json/q05_decode_b64.json"
@@ -42,4 +43,4 @@ step l8b_decode_b64 40 $L /tmp/l8b --device cuda --batch-size 64 --input-len 128
 step l8b_prefill_512 30 $L /tmp/l8b --device cuda --batch-size 16 --input-len 512 --output-len 1 --num-iters-warmup 1 --num-iters 2 --temperature 0 --max-model-len 4096 --max-num-batched-tokens 8192 --json "$OUT/json/l8b_prefill_512.json"
 tar -C "$OUT" -czf "$OUT/json.tgz" json && rm -rf "$OUT/json"
 echo "== done in $(( $(date +%s) - T0 ))s"
-grep -E "^== |Prefill throughput|Decode throughput|bandwidth|^SKIP|rc=[1-9]" "$LOG"
+grep -E "^== |bandwidth:|TFLOP/s|Prefill throughput|Decode throughput|bandwidth|^SKIP|rc=[1-9]" "$LOG"

@@ -36,6 +36,8 @@ done
 cc -O2 -std=gnu11 -Iinclude -Isrc bench/cuda/decode_bench.c $B/libloomcore.a $B/libloomcuda.a \
     -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ -ljansson -lpcre2-8 -lutf8proc -lmicrohttpd \
     -lm -lpthread -o $P/decode_bench && echo "pack: decode_bench built"
+# the card's own ceilings (memory bandwidth, cuBLAS bf16 GEMM) for the results to be compared with
+nvcc -O2 -arch=sm_90 -std=c++17 bench/cuda/ceilings.cu -lcublas -o $P/ceilings && echo "pack: ceilings built"
 
 for b in $P/*; do
     [ -f "$b" ] || continue
@@ -43,7 +45,7 @@ for b in $P/*; do
         grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
         while read -r lib; do cp -L -n "$lib" $P/lib/ 2>/dev/null || true; done || true
 done
-strip --strip-debug $P/test_cuda_* $P/decode_bench $P/loom 2>/dev/null || true
+strip --strip-debug $P/test_cuda_* $P/decode_bench $P/ceilings $P/loom 2>/dev/null || true
 # binaries compress about 3x: the tarball is what travels (the device tool carries 64 MiB at most)
 rm -f "$P.tgz"; tar -C "$(dirname "$P")" -czf "$P.tgz" "$(basename "$P")"
 du -sh "$P" "$P.tgz" .dev/shared
