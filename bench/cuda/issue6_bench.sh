@@ -36,6 +36,7 @@ step q05_decode_b1 30 $L /tmp/q05 --device cuda --batch-size 1 --input-len 128 -
 step q05_decode_b64 30 $L /tmp/q05 --device cuda --batch-size 64 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 --temperature 0 --json "$OUT/json/q05_decode_b64.json"
 step q05_decode_b256 40 $L /tmp/q05 --device cuda --batch-size 256 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 --temperature 0 --max-num-seqs 256 --json "$OUT/json/q05_decode_b256.json"
 step q05_prefill_512 30 $L /tmp/q05 --device cuda --batch-size 16 --input-len 512 --output-len 1 --num-iters-warmup 1 --num-iters 3 --temperature 0 --max-num-batched-tokens 8192 --json "$OUT/json/q05_prefill_512.json"
+step q05_b1_profile 20 env LOOM_CUDA_PROFILE=1 "$B/decode_bench" /tmp/q05 --batch 1 --prompt 128 --steps 64
 step q05_sampled_b64 30 $L /tmp/q05 --device cuda --batch-size 64 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 2 --json "$OUT/json/q05_sampled_b64.json"
 step make_l8b 200 "$B/loom" make-model .dev/shared/configs/llama-3.1-8b.json /tmp/l8b --seed 1
 step l8b_decode_b1 40 $L /tmp/l8b --device cuda --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 2 --temperature 0 --max-model-len 4096 --json "$OUT/json/l8b_decode_b1.json"
