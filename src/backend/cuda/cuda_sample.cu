@@ -167,6 +167,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         return;
     }
     float *x = logits + (int64_t)r * stride;
+    if (tid == 0) out[r] = 0; /* a valid token whatever happens below (NaN logits): the draw overwrites it */
 
     /* edits, in the host's order */
     const struct loom_logit_edit *ed = edits + R.edit0;
