@@ -312,7 +312,7 @@ T512 static void sn_xprep_512(void *arg, int64_t b, int64_t e, int ith)
 }
 
 T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, int t0, const int NT,
-                                     const enum loom_dtype wt, bool pf, int64_t pfo)
+                                     const enum loom_dtype wt, int pg, int pG, int64_t pfo)
 {
     const size_t esz = loom_dtype_size(wt);
     const int64_t ws = j->ws_bytes;
@@ -325,7 +325,7 @@ T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, 
     for (int r = 0; r < 4; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
     const int k = j->k;
-    int kk = 0;
+    int kk = 0, pc = 0; /* prefetch on the steps where pc == pg (pg < 0: none) */
     for (; kk + 32 <= k; kk += 32) {
         __m512 a0, b0, a1, b1, a2, b2, a3, b3;
         const int64_t o = (int64_t)kk * (int64_t)esz;
@@ -333,7 +333,7 @@ T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, 
         w32_512(w1 + o, wt, 32, &a1, &b1);
         w32_512(w2 + o, wt, 32, &a2, &b2);
         w32_512(w3 + o, wt, 32, &a3, &b3);
-        if (pf) { /* the next block, as one linear sweep: 4 rows of k elements are 4 * k * esz bytes */
+        if (pc == pg) { /* the next block, as one linear sweep: 4 rows of k elements are 4 * k * esz bytes */
             const char *q = w0 + pfo + 4 * o;
             SNPF(q);
             SNPF(q + 64);
@@ -346,6 +346,7 @@ T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, 
                 SNPF(q + 448);
             }
         }
+        if (++pc == pG) pc = 0;
         for (int t = 0; t < NT; t++) {
             __m512 xa = _mm512_load_ps(xr + t * kp + kk), xb = _mm512_load_ps(xr + t * kp + kk + 16);
             acc[0][t] = _mm512_fmadd_ps(a0, xa, acc[0][t]);
@@ -393,13 +394,13 @@ T512 static INLINE void sn_range_512_t(const struct mm_job *j, int j0, int j1, c
         int t0 = 0;
         for (int g = 0; g < groups; g++) {
             const int nt = (j->n - t0) / (groups - g); /* balanced groups of at most SN_T */
-            const bool p = pf && g == 0;
+            const int p = pf ? g : -1; /* pass g prefetches every groups-th step */
             switch (nt) {
-            case 1: sn_block_512(j, row, rows, t0, 1, wt, p, pfo); break;
-            case 2: sn_block_512(j, row, rows, t0, 2, wt, p, pfo); break;
-            case 3: sn_block_512(j, row, rows, t0, 3, wt, p, pfo); break;
-            case 4: sn_block_512(j, row, rows, t0, 4, wt, p, pfo); break;
-            case 5: sn_block_512(j, row, rows, t0, 5, wt, p, pfo); break;
+            case 1: sn_block_512(j, row, rows, t0, 1, wt, p, groups, pfo); break;
+            case 2: sn_block_512(j, row, rows, t0, 2, wt, p, groups, pfo); break;
+            case 3: sn_block_512(j, row, rows, t0, 3, wt, p, groups, pfo); break;
+            case 4: sn_block_512(j, row, rows, t0, 4, wt, p, groups, pfo); break;
+            case 5: sn_block_512(j, row, rows, t0, 5, wt, p, groups, pfo); break;
             default: LOOM_DIE("small-n gemm: group of %d", nt);
             }
             t0 += nt;
@@ -601,8 +602,8 @@ T512BF static void gemm_bf16_item(void *arg, int64_t b, int64_t e, int ith)
  * instruction); 4 rows x up to 6 tokens = 24 accumulators. */
 #define SNB_T 6
 
-T512BF static INLINE void snb_block_512(const struct mm_job *j, int row, int rows, int t0, const int NT, bool pf,
-                                        int64_t pfo)
+T512BF static INLINE void snb_block_512(const struct mm_job *j, int row, int rows, int t0, const int NT, int pg,
+                                        int pG, int64_t pfo)
 {
     const int64_t ws = j->ws_bytes;
     const char *w0 = j->w + (int64_t)row * ws;
@@ -614,6 +615,7 @@ T512BF static INLINE void snb_block_512(const struct mm_job *j, int row, int row
     for (int r = 0; r < 4; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
     const int k = j->k;
+    int pc = 0;
     for (int kk = 0; kk < k; kk += 32) {
         __m512bh a0, a1, a2, a3;
         const int64_t o = (int64_t)kk * 2;
@@ -629,13 +631,14 @@ T512BF static INLINE void snb_block_512(const struct mm_job *j, int row, int row
             a2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + o);
             a3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + o);
         }
-        if (pf) {
+        if (pc == pg) {
             const char *q = w0 + pfo + 4 * o;
             SNPF(q);
             SNPF(q + 64);
             SNPF(q + 128);
             SNPF(q + 192);
         }
+        if (++pc == pG) pc = 0;
         for (int t = 0; t < NT; t++) {
             __m512bh xv = (__m512bh)_mm512_load_si512(xr + t * kp + kk);
             acc[0][t] = _mm512_dpbf16_ps(acc[0][t], a0, xv);
@@ -663,14 +666,14 @@ T512BF static void snb_range_512(void *arg, int64_t b, int64_t e, int ith)
         int t0 = 0;
         for (int g = 0; g < groups; g++) {
             const int nt = (j->n - t0) / (groups - g);
-            const bool p = pf && g == 0;
+            const int p = pf ? g : -1; /* pass g prefetches every groups-th step */
             switch (nt) {
-            case 1: snb_block_512(j, row, rows, t0, 1, p, pfo); break;
-            case 2: snb_block_512(j, row, rows, t0, 2, p, pfo); break;
-            case 3: snb_block_512(j, row, rows, t0, 3, p, pfo); break;
-            case 4: snb_block_512(j, row, rows, t0, 4, p, pfo); break;
-            case 5: snb_block_512(j, row, rows, t0, 5, p, pfo); break;
-            case 6: snb_block_512(j, row, rows, t0, 6, p, pfo); break;
+            case 1: snb_block_512(j, row, rows, t0, 1, p, groups, pfo); break;
+            case 2: snb_block_512(j, row, rows, t0, 2, p, groups, pfo); break;
+            case 3: snb_block_512(j, row, rows, t0, 3, p, groups, pfo); break;
+            case 4: snb_block_512(j, row, rows, t0, 4, p, groups, pfo); break;
+            case 5: snb_block_512(j, row, rows, t0, 5, p, groups, pfo); break;
+            case 6: snb_block_512(j, row, rows, t0, 6, p, groups, pfo); break;
             default: LOOM_DIE("small-n bf16 gemm: group of %d", nt);
             }
             t0 += nt;
