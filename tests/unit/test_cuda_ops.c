@@ -16,6 +16,7 @@
 #include "test.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 
 static struct loom_backend *be;  /* the backend under test; its act_dtype changes per pass */
 static struct loom_backend *cpu; /* the CPU backend, the second reference */
@@ -965,6 +966,8 @@ static void moe_routing(int mode, int n, int E, int k, int32_t *ids, float *w)
     }
 }
 
+static const char *moe_blas_env = ""; /* LOOM_CUDA_MOE_BLAS_ROWS while a case runs ("": the default) */
+
 static void test_moe_experts(int n, int E, int k, int H, int MI, enum loom_dtype wdt, int hpad)
 {
     enum loom_dtype act = be->act_dtype;
@@ -1043,8 +1046,9 @@ static void test_moe_experts(int n, int E, int k, int H, int MI, enum loom_dtype
                 }
             }
         }
-        snprintf(what, sizeof what, "moe_experts n=%d E=%d k=%d %dx%d w=%s%s, %s", n, E, k, H, MI,
-                 loom_dtype_name(wdt), hpad ? " strided" : "", mode_name[it]);
+        snprintf(what, sizeof what, "moe_experts n=%d E=%d k=%d %dx%d w=%s%s%s%s, %s", n, E, k, H, MI,
+                 loom_dtype_name(wdt), hpad ? " strided" : "", *moe_blas_env ? " blas rows " : "", moe_blas_env,
+                 mode_name[it]);
         double tol = (act == LOOM_DTYPE_F32 && wdt == LOOM_DTYPE_F32) ? 1e-5 : 1e-2;
         compare(what, got, ref, (size_t)n * H, tol);
         struct loom_tensor cx = cpu_act(&x), ch = cpu_act(&h);
@@ -1141,6 +1145,23 @@ static void run_all(void)
     test_moe_experts(9, 8, 2, 256, 128, act, 0);   /* one row past the decode kernels */
     test_moe_experts(70, 4, 1, 64, 40, act, 8);
     test_moe_experts(20, 6, 2, 64, 48, act == LOOM_DTYPE_F16 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, 0);
+    /* prefill sizes (n * k >= 512 routed rows): cuBLAS per expert after one sync; more rows on an expert
+     * than one chunk (512: all rows on one set), odd widths (2-byte gathers), k = 1, and the same sizes
+     * on the grouped kernels (LOOM_CUDA_MOE_BLAS_ROWS=0) and small steps forced onto cuBLAS (=1) */
+    test_moe_experts(600, 8, 2, 128, 96, act, 8);
+    test_moe_experts(1100, 4, 1, 64, 40, act, 0);
+    test_moe_experts(530, 8, 1, 130, 66, act, 3);
+    test_moe_experts(256, 8, 2, 96, 72, act == LOOM_DTYPE_F16 ? LOOM_DTYPE_BF16 : LOOM_DTYPE_F16, 0); /* mixed: grouped */
+    const char *envs[2] = {"0", "1"};
+    for (int i = 0; i < 2; i++) {
+        setenv("LOOM_CUDA_MOE_BLAS_ROWS", envs[i], 1);
+        moe_blas_env = envs[i];
+        test_moe_experts(i ? 9 : 600, 8, 2, 128, 96, act, 8);
+        test_moe_experts(i ? 5 : 300, 16, 2, 256, 192, act, 0);
+        test_moe_experts(i ? 1 : 260, i ? 6 : 8, i ? 6 : 1, 130, 66, act, 3);
+        unsetenv("LOOM_CUDA_MOE_BLAS_ROWS");
+        moe_blas_env = "";
+    }
     for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) test_attention(&attn_cases[i]);
     test_graph_replay();
 }

@@ -17,6 +17,14 @@
  * fp32 accumulate), or for decode batches (n <= 8 rows, so at most 8 rows an expert) a GEMV kernel that
  * reads each routed expert's weights once; otherwise (F32, or mixed dtypes) a plain fp32 FMA kernel
  * that converts on load.
+ * Large steps (prefill: n * k >= moe_blas_rows(), 512 routed rows unless LOOM_CUDA_MOE_BLAS_ROWS says
+ * otherwise; 0 turns it off) whose activations and weights are one dtype take cuBLAS instead, at the
+ * price of one host sync a layer: after the grouping the per-expert offsets are downloaded, the rows
+ * gathered into expert order (into y), and each expert with rows gets its gate|up product (fp32 out,
+ * into a scratch of at most MOE_BLAS_CHUNK rows; one GEMM when up_e follows gate_e in memory),
+ * silu(g) * u (act dtype) and its down product (into its own rows of y, whose gathered inputs it has
+ * consumed), chunk by chunk; then the same combine. Deterministic: cuBLAS picks the same algorithm for
+ * the same shapes, and the combine's order is fixed. Decode-sized steps never sync (graphs stay whole).
  * Not done here: routing itself (moe_route), Hopper's wgmma / TMA (the tensor-core kernel is wmma with
  * two cp.async stages), a persistent schedule.
  */
@@ -29,10 +37,32 @@
 #define MOE_TC_BK 32  /* k slice of the tensor-core kernel */
 #define MOE_FMA_BK 16 /* k slice of the FMA kernel */
 #define MOE_GROUP_WARPS 8
+/* default n * k from which the cuBLAS path is taken. H100, Mixtral-8x7B layer shapes (bf16, 128-token
+ * prompts, one layer), prefill ms cuBLAS vs grouped kernels: 256 rows 2.4 vs 2.2, 512: 2.5 vs 2.7, 2048:
+ * 3.1 vs 7.5, 8192: 8.6-9.5 vs 26.2 */
+#define MOE_BLAS_ROWS 512
+#define MOE_BLAS_CHUNK 512  /* rows of one gate|up product of the cuBLAS path (its fp32 scratch) */
+
+#include <stdlib.h>
+
+/* n * k from which large steps take cuBLAS (LOOM_CUDA_MOE_BLAS_ROWS; 0: never). Read at every call: the
+ * workspace size and the call agree as long as the variable does not change in between. */
+static int64_t moe_blas_rows(void)
+{
+    const char *e = getenv("LOOM_CUDA_MOE_BLAS_ROWS");
+    if (!e || !*e) return MOE_BLAS_ROWS;
+    long long v = atoll(e);
+    return v <= 0 ? INT64_MAX : (int64_t)v;
+}
 
 static size_t al256(size_t b)
 {
     return (b + 255) & ~(size_t)255;
+}
+
+static bool al16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
 }
 
 static int max_tiles(int64_t nk, int n_exp)
@@ -49,7 +79,8 @@ struct moe_ws {
     int32_t *perm_tok;  /* [n * k] sorted row -> token */
     int32_t *inv;       /* [n * k] (token, j) -> sorted row */
     void *act;          /* [n * k, MI] silu(gate) * up, act dtype */
-    void *y;            /* [n * k, H] expert outputs, act dtype */
+    void *y;            /* [n * k, H] expert outputs, act dtype (cuBLAS path: first the gathered rows of h) */
+    float *gu;          /* cuBLAS path only: [min(n, MOE_BLAS_CHUNK), 2 * MI] gate | up of one chunk, fp32 */
 };
 
 static size_t moe_carve(struct moe_ws *w, void *base, int64_t n, int k, int E, int H, int MI, size_t es)
@@ -65,6 +96,11 @@ static size_t moe_carve(struct moe_ws *w, void *base, int64_t n, int k, int E, i
     w->inv = (int32_t *)p, p += al256((size_t)nk * 4);
     w->act = p, p += al256((size_t)nk * MI * es);
     w->y = p, p += al256((size_t)nk * H * es);
+    w->gu = NULL;
+    if (nk >= moe_blas_rows()) { /* last: a smaller n keeps the pointers above and needs less of it */
+        int64_t cr = n < MOE_BLAS_CHUNK ? n : MOE_BLAS_CHUNK;
+        w->gu = (float *)p, p += al256((size_t)cr * 2 * MI * 4);
+    }
     return (size_t)(p - p0);
 }
 
@@ -479,12 +515,112 @@ __global__ void moe_combine_kernel(void *x, int xdt, int64_t xstride, const void
     }
 }
 
-/* ---- the op ---- */
+/* ---- the cuBLAS path's small kernels ---- */
 
-static bool al16(const void *p)
+/* out[r, :] = src[rows[r], :], row_bytes bytes a row (one block a row); vec: 16-byte pieces, else 2-byte */
+__global__ void moe_gather_kernel(void *out, int64_t ostride_b, const void *src, int64_t sstride_b,
+                                  const int32_t *rows, int64_t row_bytes, int vec)
 {
-    return ((uintptr_t)p & 15) == 0;
+    PDL_PROLOGUE();
+    const int64_t r = blockIdx.x;
+    const char *s = (const char *)src + (int64_t)rows[r] * sstride_b;
+    char *o = (char *)out + r * ostride_b;
+    if (vec) {
+        for (int64_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x)
+            ((uint4 *)o)[i] = ((const uint4 *)s)[i];
+    } else {
+        for (int64_t i = threadIdx.x; i < row_bytes / 2; i += blockDim.x)
+            ((uint16_t *)o)[i] = ((const uint16_t *)s)[i];
+    }
 }
+
+/* act[r, c] = silu(gu[r, c]) * gu[r, MI + c] for r < rows, c < MI: the fp32 products, one rounding */
+__global__ void moe_silu_kernel(void *act, int adt, const float *gu, int64_t rows, int64_t mi)
+{
+    PDL_PROLOGUE();
+    const int64_t total = rows * mi;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / mi, c = i % mi;
+        float g = gu[r * 2 * mi + c], u = gu[r * 2 * mi + mi + c];
+        st_f(act, adt, i, silu_f(g) * u);
+    }
+}
+
+static cudaDataType_t moe_cuda_dt(enum loom_dtype t)
+{
+    return t == LOOM_DTYPE_F32 ? CUDA_R_32F : t == LOOM_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+/* out^T (m x n, ldc) = w (k x m, lda, transposed) * x (k x n, ldb): row-major out[n, m] = x[n, k] @ w[m, k]^T */
+static void moe_gemm(struct cuda_ctx *c, void *out, enum loom_dtype odt, int ldc, const void *x, int ldb,
+                     const void *wt, enum loom_dtype wdt, int lda, int m, int n, int k)
+{
+    struct cuda_gemm_args g;
+    memset(&g, 0, sizeof g); /* records are compared as bytes, padding included */
+    g.ta = CUBLAS_OP_T;
+    g.tb = CUBLAS_OP_N;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.a = wt;
+    g.at = moe_cuda_dt(wdt);
+    g.lda = lda;
+    g.b = x;
+    g.bt = moe_cuda_dt(wdt);
+    g.ldb = ldb;
+    g.c = out;
+    g.ct = moe_cuda_dt(odt);
+    g.ldc = ldc;
+    g.compute = CUBLAS_COMPUTE_32F;
+    cuda_gemm(c, &g);
+}
+
+/* The experts through cuBLAS, after the grouping (see the top of the file). */
+static void moe_experts_blas(struct loom_backend *be, struct cuda_ctx *c, struct loom_tensor h,
+                             const struct loom_moe_experts *ex, const struct moe_ws *w, int64_t n, int64_t nk, int E,
+                             int H, int MI)
+{
+    const enum loom_dtype act = be->act_dtype;
+    const size_t es = loom_dtype_size(act);
+    const int64_t chunk = n < MOE_BLAS_CHUNK ? n : MOE_BLAS_CHUNK; /* the rows of w->gu (moe_carve) */
+    int32_t offs[1025];
+    be->ops->download(be, offs, w->offs, sizeof(int32_t) * (size_t)(E + 1));
+    LOOM_ASSERT(offs[0] == 0 && offs[E] == nk);
+    const int64_t row_bytes = (int64_t)H * (int64_t)es;
+    int vec = row_bytes % 16 == 0 && ((int64_t)h.stride * (int64_t)es) % 16 == 0 && al16(h.data) && al16(w->y);
+    cuda_launch(c, moe_gather_kernel, dim3((unsigned)nk), dim3(128), 0, w->y, row_bytes, (const void *)h.data,
+                (int64_t)h.stride * (int64_t)es, (const int32_t *)w->perm_tok, row_bytes, vec);
+    CUDA_LAUNCH_CHECK();
+    for (int e = 0; e < E; e++) {
+        const struct loom_tensor *ge = &ex->gate[e], *ue = &ex->up[e], *de = &ex->down[e];
+        /* up_e right after gate_e, same stride: one [2 * MI, H] weight */
+        bool joined = ue->stride == ge->stride &&
+                      (const char *)ue->data == (const char *)ge->data + (size_t)MI * ge->stride * es;
+        for (int64_t r0 = offs[e]; r0 < offs[e + 1]; r0 += chunk) {
+            int rows = (int)(offs[e + 1] - r0 < chunk ? offs[e + 1] - r0 : chunk);
+            const char *xin = (const char *)w->y + r0 * row_bytes;
+            if (joined) {
+                moe_gemm(c, w->gu, LOOM_DTYPE_F32, 2 * MI, xin, H, ge->data, ge->dtype, (int)ge->stride, 2 * MI, rows,
+                         H);
+            } else {
+                moe_gemm(c, w->gu, LOOM_DTYPE_F32, 2 * MI, xin, H, ge->data, ge->dtype, (int)ge->stride, MI, rows, H);
+                moe_gemm(c, w->gu + MI, LOOM_DTYPE_F32, 2 * MI, xin, H, ue->data, ue->dtype, (int)ue->stride, MI, rows,
+                         H);
+            }
+            char *a = (char *)w->act + r0 * (int64_t)MI * (int64_t)es;
+            int64_t total = (int64_t)rows * MI;
+            int64_t blocks = (total + 255) / 256;
+            if (blocks > 65535 * 4) blocks = 65535 * 4;
+            cuda_launch(c, moe_silu_kernel, dim3((unsigned)blocks), dim3(256), 0, (void *)a, (int)act,
+                        (const float *)w->gu, (int64_t)rows, (int64_t)MI);
+            CUDA_LAUNCH_CHECK();
+            moe_gemm(c, (char *)w->y + r0 * row_bytes, act, H, a, MI, de->data, de->dtype, (int)de->stride, H, rows,
+                     MI);
+        }
+    }
+}
+
+/* ---- the op ---- */
 
 template <typename T, bool GATED, int KW>
 static void launch_gemv_kw(struct cuda_ctx *c, int tiles, void *out, int64_t ostride, const void *a, int64_t astride,
@@ -604,12 +740,17 @@ void cuda_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom
     cuda_launch(c, moe_group_kernel, dim3(1), dim3(32 * MOE_GROUP_WARPS), smem, ids, (int)nk, k, E, w.offs, w.n_tiles,
                 w.tile_e, w.tile_r0, w.perm_tok, w.inv);
     CUDA_LAUNCH_CHECK();
-    /* n <= MOE_GEMV_ROWS: every expert has at most n rows (one tile), the decode kernels apply */
-    const bool small = n <= MOE_GEMV_ROWS;
-    moe_product(c, true, small, tiles, w.act, act, MI, h.data, h.dtype, h.stride, w.perm_tok, ex->table, 0, E,
-                ex->gate[0].dtype, ex->gate[0].stride, g16 && u16, &w, MI, H);
-    moe_product(c, false, small, tiles, w.y, act, H, w.act, act, MI, NULL, ex->table, 2 * E, 2 * E, ex->down[0].dtype,
-                ex->down[0].stride, d16, &w, H, MI);
+    /* large steps of one dtype: cuBLAS per expert, after one sync */
+    if (w.gu && ex->gate[0].dtype == act && ex->down[0].dtype == act && h.dtype == act) {
+        moe_experts_blas(be, c, h, ex, &w, n, nk, E, H, MI);
+    } else {
+        /* n <= MOE_GEMV_ROWS: every expert has at most n rows (one tile), the decode kernels apply */
+        const bool small = n <= MOE_GEMV_ROWS;
+        moe_product(c, true, small, tiles, w.act, act, MI, h.data, h.dtype, h.stride, w.perm_tok, ex->table, 0, E,
+                    ex->gate[0].dtype, ex->gate[0].stride, g16 && u16, &w, MI, H);
+        moe_product(c, false, small, tiles, w.y, act, H, w.act, act, MI, NULL, ex->table, 2 * E, 2 * E, ex->down[0].dtype,
+                    ex->down[0].stride, d16, &w, H, MI);
+    }
     cuda_launch(c, moe_combine_kernel, dim3((unsigned)n), dim3(128), 0, x.data, (int)x.dtype, x.stride,
                 (const void *)w.y, (int)act, (int64_t)H, (const int32_t *)w.inv, weights, k, (int64_t)H);
     CUDA_LAUNCH_CHECK();
