@@ -8,8 +8,8 @@
  *  - small-n GEMM (AVX-512, fp32-exact, every n >= 2: batched decode and prefill): a block of 4 w
  *    rows is converted in registers straight from the weights (no packing) and dotted against
  *    register blocks of up to 5 tokens whose x was laid out once per call in the same lane order;
- *    the block stays in L1/L2 while every token group passes over it, and the first pass
- *    prefetches the next block into L2. At 2-4 rows it runs at the GEMV's memory speed, from ~8
+ *    the block stays in L1/L2 while every token group passes over it, and the passes prefetch
+ *    the block after next into L2. At 2-4 rows it runs at the GEMV's memory speed, from ~8
  *    rows at ~90% of the FMA peak. Tokens come in blocks of SN_NB.
  *  - GEMM with bf16 dot products (the fast mode, asked for by --dtype bfloat16 on the CPU, bf16
  *    weights, n > 4): x is rounded to bf16 once and vdpbf16ps does 32 multiply-adds per
@@ -288,10 +288,11 @@ T512 static void gemv_range_512(void *arg, int64_t b, int64_t e, int ith)
 /* AVX-512 small-n GEMM (fp32-exact): no packing. A block of 4 w rows is read straight from the
  * weights (converted in registers, bf16 split into even/odd lanes as in the GEMV) against a register
  * block of up to SN_T tokens whose x was laid out once per call to match (x_sn: [n][kp], zero-padded).
- * The 4 rows stay in L1/L2 while every token group passes over them, so w streams from memory once;
- * the first pass prefetches the next row block (one linear sweep of its 4 * k elements: rows are
- * adjacent in the weight file). On the Zen 4 here, prefetching that block into L1 instead of L2
- * halved the speed at 8-16 rows, and 4 row streams without any prefetch ran at ~60% of one. */
+ * The 4 rows stay in L1/L2 while every token group passes over them, so w streams from memory once.
+ * The passes prefetch the block after next (one linear sweep of its 4 * k elements: rows are adjacent
+ * in the weight file), each pass a share of the steps, so the reads stay spread over the whole block.
+ * On the Zen 4 here, prefetching into L1 instead of L2 halved the speed at 8-16 rows, prefetching only
+ * in the first pass cost 7-18% at 16 rows, and 4 row streams without any prefetch ran at ~60% of one. */
 
 /* into L2 (T1): prefetches to L1 occupy the few L1 miss buffers that the loads need */
 #define SNPF(p) _mm_prefetch((p), _MM_HINT_T1)
@@ -387,10 +388,10 @@ T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, 
 T512 static INLINE void sn_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
 {
     const int groups = (j->n + SN_T - 1) / SN_T;
-    const int64_t pfo = 4 * j->ws_bytes; /* the next row block */
+    const int64_t pfo = 8 * j->ws_bytes; /* the row block after the next (1 block ahead was 2-10% slower) */
     for (int row = j0; row < j1; row += 4) {
         const int rows = min_i(4, j1 - row);
-        const bool pf = row + 4 < j->m;
+        const bool pf = row + 8 < j->m;
         int t0 = 0;
         for (int g = 0; g < groups; g++) {
             const int nt = (j->n - t0) / (groups - g); /* balanced groups of at most SN_T */
@@ -659,10 +660,10 @@ T512BF static void snb_range_512(void *arg, int64_t b, int64_t e, int ith)
     (void)ith;
     const int j0 = (int)b, j1 = (int)e;
     const int groups = (j->n + SNB_T - 1) / SNB_T;
-    const int64_t pfo = 4 * j->ws_bytes; /* the next row block */
+    const int64_t pfo = 8 * j->ws_bytes; /* the row block after the next (1 block ahead was 2-10% slower) */
     for (int row = j0; row < j1; row += 4) {
         const int rows = min_i(4, j1 - row);
-        const bool pf = row + 4 < j->m;
+        const bool pf = row + 8 < j->m;
         int t0 = 0;
         for (int g = 0; g < groups; g++) {
             const int nt = (j->n - t0) / (groups - g);
