@@ -11,7 +11,9 @@
  * loom_parallel_for: chunks are claimed with an atomic counter, so when the caller finds none left
  * it closes the job (sets the closed bit) and waits only for workers inside it (`active`). A worker
  * increments `active` before it reads state, and runs nothing once it sees the bit, so a worker
- * that the OS descheduled (a loaded machine) never holds the caller up: the caller did its share.
+ * that the OS descheduled before claiming a chunk never holds the caller up. One descheduled while
+ * holding a chunk does (until the OS runs it again, milliseconds): when the caller waited long for
+ * one, parallel_for runs on the caller alone for SOLO_SECONDS, then tries the workers again.
  * It does not pin threads to cores and does not allocate after creation.
  */
 #include "core/threadpool.h"
@@ -34,6 +36,9 @@
 #endif
 
 #define SPIN_SECONDS 2e-3   /* how long an idle worker spins before sleeping */
+#define LATE_SECONDS 200e-6 /* a parallel_for whose caller waited this long for workers, and longer */
+#define LATE_FRACTION 0.5   /* than this share of its own work, found a worker descheduled */
+#define SOLO_SECONDS 50e-3  /* then parallel_for runs on the caller alone this long before trying again */
 
 struct worker_arg {
     struct loom_threadpool *tp;
@@ -54,6 +59,8 @@ struct loom_threadpool {
     loom_thread_fn fn; /* the current job; written before state is bumped */
     void *arg;
     bool must_join; /* run(): every worker takes part; parallel_for: whoever comes */
+    double solo_until; /* caller only: monotonic seconds until which parallel_for runs inline */
+    int64_t n_solo_windows; /* times a late worker switched parallel_for to the caller alone */
 };
 
 static double now_s(void)
@@ -222,10 +229,29 @@ void loom_parallel_for(struct loom_threadpool *tp, int64_t n, int64_t grain, loo
         fn(arg, 0, n, 0);
         return;
     }
+    double t0 = now_s();
+    if (t0 < tp->solo_until) { /* a worker was descheduled recently: the caller alone is faster */
+        fn(arg, 0, n, 0);
+        return;
+    }
     struct pfor_job j = {fn, arg, n, grain, 0};
     atomic_init(&j.next, 0);
     publish(tp, pfor_worker, &j, false);
     pfor_worker(&j, 0, nth); /* returns when no chunk is left to claim */
+    double t1 = now_s();
     atomic_fetch_or(&tp->state, 1); /* workers arriving from now on run nothing */
     wait_until(&tp->active, 0, true); /* those inside finish their chunks */
+    double t2 = now_s();
+    /* A worker that the OS took off its core (another process wants it) holds its chunk until it comes
+     * back, milliseconds later, and the caller waits: on a loaded machine that made 2 threads slower
+     * than 1. Chunks are a small share of a job, so a wait of half the caller's own work means that. */
+    if (t2 - t1 > LATE_SECONDS && t2 - t1 > LATE_FRACTION * (t1 - t0)) {
+        tp->solo_until = t2 + SOLO_SECONDS;
+        tp->n_solo_windows++;
+    }
+}
+
+int64_t loom_threadpool_solo_windows(const struct loom_threadpool *tp)
+{
+    return tp ? tp->n_solo_windows : 0;
 }

@@ -27,9 +27,14 @@ void loom_threadpool_run(struct loom_threadpool *tp, loom_thread_fn fn, void *ar
 
 /* Calls fn(arg, begin, end, ith) over [0, n) in chunks of `grain` items (the last may be shorter),
  * handed out dynamically to the threads; returns when all chunks are done. grain <= 0: about
- * n / (4 * threads). With n <= grain (or one thread) it runs inline on the caller. */
+ * n / (4 * threads). With n <= grain (or one thread) it runs inline on the caller, and so it does
+ * for a while after a worker was found descheduled in the middle of a chunk (see threadpool.c). */
 typedef void (*loom_range_fn)(void *arg, int64_t begin, int64_t end, int ith);
 void loom_parallel_for(struct loom_threadpool *tp, int64_t n, int64_t grain, loom_range_fn fn, void *arg);
+
+/* How many times parallel_for found a worker descheduled while it held a chunk (the caller waited
+ * for it) and so ran on the caller alone for a while: the sign of a machine shared with other work. */
+int64_t loom_threadpool_solo_windows(const struct loom_threadpool *tp);
 
 /* Online CPU cores. */
 int loom_cpu_count(void);

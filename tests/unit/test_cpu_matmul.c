@@ -5,16 +5,21 @@
  * 32-wide steps and of the KC blocks), strided and unaligned views of x, w and out, with and without
  * bias, weights in F32, F16 and BF16, for each instruction-set level, 1 to 3 threads, and the bf16
  * dot-product mode (whose reference rounds x to bf16 the way the kernel does). Elements of out outside
- * the view (the stride padding) must stay untouched.
+ * the view (the stride padding) must stay untouched. Also the thread pool's answer to a worker that
+ * the OS takes off its core in the middle of a chunk (the matmul's parallel_for on a loaded machine).
  */
 #include "backend/backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/threadpool.h"
 #include "test.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
 static double frand(void) /* uniform [-1, 1) */
@@ -145,8 +150,80 @@ static void run(struct loom_backend *be, const char *label, bool bf16_mode, int 
     }
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+
+static _Atomic int pool_worker_chunks, pool_slow_once;
+
+static void spin_us(double us)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do clock_gettime(CLOCK_MONOTONIC, &b);
+    while ((double)(b.tv_sec - a.tv_sec) * 1e6 + (double)(b.tv_nsec - a.tv_nsec) * 1e-3 < us);
+}
+
+static void pool_fn(void *arg, int64_t b, int64_t e, int ith)
+{
+    int *hits = arg;
+    for (int64_t i = b; i < e; i++) hits[i]++;
+    if (ith != 0) {
+        atomic_fetch_add(&pool_worker_chunks, 1);
+        if (atomic_exchange(&pool_slow_once, 0)) usleep(50000); /* "descheduled" holding its chunk */
+    } else {
+        spin_us(200);
+    }
+}
+
+static void test_pool_late_worker(void)
+{
+    struct loom_threadpool *tp = loom_threadpool_create(2);
+    int hits[64];
+    /* a worker that sleeps 50 ms inside its chunk: every chunk still runs exactly once, and the pool
+     * switches to the caller alone */
+    for (int attempt = 0; attempt < 5 && loom_threadpool_solo_windows(tp) == 0; attempt++) {
+        memset(hits, 0, sizeof(hits));
+        atomic_store(&pool_worker_chunks, 0);
+        atomic_store(&pool_slow_once, 1);
+        loom_parallel_for(tp, 64, 1, pool_fn, hits);
+        for (int i = 0; i < 64; i++) CHECK_EQ_INT(hits[i], 1);
+        usleep(60000); /* the sleeping worker is done; any solo window it opened is over too */
+        if (atomic_load(&pool_worker_chunks) == 0) continue; /* the worker never came: try again */
+        /* it came and slept: the caller's 63 x 200 us < twice its 50 ms, so this was a late worker */
+        CHECK_MSG(loom_threadpool_solo_windows(tp) == 1, "solo windows %lld",
+                  (long long)loom_threadpool_solo_windows(tp));
+    }
+    CHECK(loom_threadpool_solo_windows(tp) == 1);
+    /* again, and right after it the next job runs on the caller alone */
+    int64_t before = loom_threadpool_solo_windows(tp);
+    for (int attempt = 0; attempt < 5 && loom_threadpool_solo_windows(tp) == before; attempt++) {
+        atomic_store(&pool_slow_once, 1);
+        memset(hits, 0, sizeof(hits));
+        loom_parallel_for(tp, 64, 1, pool_fn, hits);
+    }
+    CHECK(loom_threadpool_solo_windows(tp) == before + 1);
+    atomic_store(&pool_slow_once, 0);
+    atomic_store(&pool_worker_chunks, 0);
+    memset(hits, 0, sizeof(hits));
+    loom_parallel_for(tp, 64, 1, pool_fn, hits);
+    CHECK_EQ_INT(atomic_load(&pool_worker_chunks), 0);
+    for (int i = 0; i < 64; i++) CHECK_EQ_INT(hits[i], 1);
+    /* after the window the worker takes part again */
+    usleep(60000);
+    bool joined = false;
+    for (int attempt = 0; attempt < 10 && !joined; attempt++) {
+        atomic_store(&pool_worker_chunks, 0);
+        memset(hits, 0, sizeof(hits));
+        loom_parallel_for(tp, 64, 1, pool_fn, hits);
+        for (int i = 0; i < 64; i++) CHECK_EQ_INT(hits[i], 1);
+        joined = atomic_load(&pool_worker_chunks) > 0;
+    }
+    CHECK(joined);
+    loom_threadpool_free(tp);
+}
+
 int main(void)
 {
+    test_pool_late_worker();
     struct {
         const char *isa;
         int threads;
