@@ -207,6 +207,9 @@ struct loom_backend {
     /* upload_weights copies into backend memory (CUDA): the model then concatenates q|k|v and gate|up
      * weights at load for free. False on the CPU, which reads the mmapped file in place. */
     bool copies_weights;
+    /* Issuing the same work again is cheaper than new work (CUDA replays recorded graphs): the model
+     * pads decode steps to a few batch sizes so that steps of nearby sizes issue identical work. */
+    bool replays_work;
 };
 
 struct loom_backend_options {

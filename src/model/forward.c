@@ -23,6 +23,7 @@
 #include "core/error.h"
 
 #include <math.h>
+#include <string.h>
 
 static int validate(const struct loom_model *m, const struct loom_batch *b, int *max_q, int *max_ctx)
 {
@@ -80,6 +81,63 @@ static int validate(const struct loom_model *m, const struct loom_batch *b, int 
     return 0;
 }
 
+/* Decode-step padding: a decode step (every sequence one new token) of n sequences runs as one of
+ * pad_size(n) sequences, so that on a backend that replays identical work (CUDA graphs) steps of
+ * nearby sizes replay one graph instead of recording their own, as vLLM captures graphs per batch-size
+ * bucket. A padding sequence has one token (id 0, position 0) with no KV slot (-1: nothing stored) and
+ * a context of one position in block 0 (read, never written); its rows are computed and dropped. The
+ * block-table width is rounded up to a power of two for the same reason. */
+static int pad_size(int n)
+{
+    if (n <= 2) return n;
+    if (n <= 4) return 4;
+    return (n + 7) / 8 * 8;
+}
+
+static const struct loom_batch *pad_decode(struct model_impl *mi, const struct loom_batch *b, int max_q,
+                                           struct loom_batch *pb)
+{
+    const int n = b->n_tokens, P = pad_size(n);
+    int mb = 1;
+    while (mb < b->max_blocks_per_seq) mb *= 2;
+    if (mb > mi->max_blocks_per_seq) mb = mi->max_blocks_per_seq;
+    if (!mi->pad_decode || max_q != 1 || b->n_seqs != n || P > mi->max_seqs || P > mi->max_tokens ||
+        P > mi->max_logit_rows || (P == n && mb == b->max_blocks_per_seq))
+        return b;
+    *pb = *b;
+    memcpy(mi->h_pad_tokens, b->token_ids, sizeof(int32_t) * (size_t)n);
+    memcpy(mi->h_pad_positions, b->positions, sizeof(int32_t) * (size_t)n);
+    memcpy(mi->h_pad_slots, b->slot_mapping, sizeof(int32_t) * (size_t)n);
+    memcpy(mi->h_pad_query_start, b->query_start, sizeof(int32_t) * (size_t)(n + 1));
+    memcpy(mi->h_pad_seq_lens, b->seq_lens, sizeof(int32_t) * (size_t)n);
+    for (int i = n; i < P; i++) {
+        mi->h_pad_tokens[i] = 0;
+        mi->h_pad_positions[i] = 0;
+        mi->h_pad_slots[i] = -1;
+        mi->h_pad_query_start[i + 1] = i + 1;
+        mi->h_pad_seq_lens[i] = 1;
+    }
+    for (int s = 0; s < P; s++) {
+        int32_t *row = mi->h_pad_block_tables + (size_t)s * mb;
+        int w = s < n ? b->max_blocks_per_seq : 0;
+        if (w) memcpy(row, b->block_tables + (size_t)s * b->max_blocks_per_seq, sizeof(int32_t) * (size_t)w);
+        for (int k = w; k < mb; k++) row[k] = 0;
+    }
+    memcpy(mi->h_pad_logit_rows, b->logit_rows, sizeof(int32_t) * (size_t)b->n_logits);
+    for (int r = b->n_logits; r < P; r++) mi->h_pad_logit_rows[r] = r; /* a padding row: its own token */
+    pb->n_tokens = pb->n_seqs = P;
+    pb->token_ids = mi->h_pad_tokens;
+    pb->positions = mi->h_pad_positions;
+    pb->slot_mapping = mi->h_pad_slots;
+    pb->query_start = mi->h_pad_query_start;
+    pb->seq_lens = mi->h_pad_seq_lens;
+    pb->block_tables = mi->h_pad_block_tables;
+    pb->max_blocks_per_seq = mb;
+    pb->logit_rows = mi->h_pad_logit_rows;
+    pb->n_logits = b->n_logits == n ? P : b->n_logits; /* decode rows all sample: pad them too */
+    return pb;
+}
+
 int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *logits)
 {
     struct model_impl *mi = m->impl;
@@ -88,6 +146,9 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
     const struct loom_backend_ops *ops = be->ops;
     int max_q = 0, max_ctx = 0, s;
     if ((s = validate(m, b, &max_q, &max_ctx))) return s;
+    const int n_out = b->n_logits; /* rows whose logits leave the forward pass */
+    struct loom_batch padded;
+    b = pad_decode(mi, b, max_q, &padded);
     const int n = b->n_tokens, S = b->n_seqs;
     const int D = c->head_dim, NH = c->num_heads, NKV = c->num_kv_heads;
 
@@ -151,7 +212,7 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
     if (pending) ops->add_rmsnorm(be, x, o, h, mi->final_norm, c->rms_norm_eps);
     else ops->rmsnorm(be, h, x, mi->final_norm, c->rms_norm_eps);
 
-    if ((s = loom_model_logits(m, b, h, logits))) return s;
+    if ((s = loom_model_logits(m, b, h, logits, n_out))) return s;
     ops->synchronize(be);
     return 0;
 }

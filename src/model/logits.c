@@ -6,7 +6,7 @@
 #include "model/model_internal.h"
 #include "core/error.h"
 
-int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits)
+int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits, int n_out)
 {
     struct model_impl *mi = m->impl;
     const struct loom_model_config *c = &m->cfg;
@@ -14,7 +14,7 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
     const struct loom_backend_ops *ops = be->ops;
     if (b->sample && !ops->sample)
         return loom_fail(LOOM_EINVAL, "forward: backend sampling asked of the %s backend, which has none", be->name);
-    for (int r = 0; b->sample && r < b->n_logits; r++) { /* the device indexes the row with these */
+    for (int r = 0; b->sample && r < n_out; r++) { /* the device indexes the row with these */
         const struct loom_sample_row *sr = &b->sample[r];
         if (sr->skip) continue;
         int64_t e1 = (int64_t)sr->edit0 + sr->n_mask + sr->n_bias + sr->n_rep + sr->n_sub;
@@ -31,15 +31,17 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
         const int64_t V = c->vocab_size;
         for (int r0 = 0; r0 < b->n_logits; r0 += mi->logit_chunk) {
             int cnt = b->n_logits - r0 < mi->logit_chunk ? b->n_logits - r0 : mi->logit_chunk;
+            int out = n_out - r0 < cnt ? n_out - r0 : cnt; /* the rest are padding rows */
             struct loom_tensor lg = ws_rows(mi->logits, cnt);
             ops->matmul(be, lg, loom_tensor_rows(hl, r0, cnt), mi->lm_head, NULL);
+            if (out <= 0) continue;
             /* rows sampled on the backend stay there; the chunk is downloaded if any row is not */
             int on_device = 0;
-            for (int r = r0; b->sample && r < r0 + cnt; r++) on_device += !b->sample[r].skip;
-            if (on_device < cnt)
-                ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)cnt * (size_t)V);
+            for (int r = r0; b->sample && r < r0 + out; r++) on_device += !b->sample[r].skip;
+            if (on_device < out)
+                ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)out * (size_t)V);
             if (on_device)
-                ops->sample(be, lg, b->sample + r0, cnt, b->edits, b->n_edits, b->sampled + r0);
+                ops->sample(be, lg, b->sample + r0, out, b->edits, b->n_edits, b->sampled + r0);
         }
     }
     return 0;

@@ -385,6 +385,8 @@ int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_
     /* limits and workspace */
     mi->max_tokens = opts->max_batch_tokens;
     mi->max_seqs = opts->max_batch_seqs;
+    const char *pad = getenv("LOOM_PAD_DECODE"); /* 0 / 1 override the backend's choice (comparisons, tests) */
+    mi->pad_decode = pad ? strcmp(pad, "0") != 0 : be->replays_work;
     mi->max_logit_rows = opts->max_logit_rows > 0 ? opts->max_logit_rows : opts->max_batch_tokens;
     mi->max_model_len = opts->max_model_len > 0 ? opts->max_model_len : c->max_position_embeddings;
     if (mi->max_model_len <= 0) mi->max_model_len = 1 << 20;
@@ -423,6 +425,13 @@ void loom_model_free(struct loom_model *m)
             }
             free(mi->layers);
         }
+        free(mi->h_pad_tokens);
+        free(mi->h_pad_positions);
+        free(mi->h_pad_slots);
+        free(mi->h_pad_query_start);
+        free(mi->h_pad_seq_lens);
+        free(mi->h_pad_logit_rows);
+        free(mi->h_pad_block_tables);
         free(mi->h_router_logits);
         free(mi->h_router_ids);
         loom_safetensors_close(mi->st);
@@ -455,6 +464,16 @@ int loom_model_alloc_kv(struct loom_model *m, int num_blocks, int block_size)
     if (per_seq > num_blocks) per_seq = num_blocks;
     mi->max_blocks_per_seq = per_seq;
     mi->d_block_tables = ws_buf(m, sizeof(int32_t) * (size_t)mi->max_seqs * (size_t)per_seq);
+    if (mi->pad_decode) {
+        size_t ns = (size_t)mi->max_seqs;
+        mi->h_pad_tokens = loom_malloc(sizeof(int32_t) * ns);
+        mi->h_pad_positions = loom_malloc(sizeof(int32_t) * ns);
+        mi->h_pad_slots = loom_malloc(sizeof(int32_t) * ns);
+        mi->h_pad_query_start = loom_malloc(sizeof(int32_t) * (ns + 1));
+        mi->h_pad_seq_lens = loom_malloc(sizeof(int32_t) * ns);
+        mi->h_pad_logit_rows = loom_malloc(sizeof(int32_t) * ns);
+        mi->h_pad_block_tables = loom_malloc(sizeof(int32_t) * ns * (size_t)per_seq);
+    }
     m->num_kv_blocks = num_blocks;
     m->block_size = block_size;
     return 0;

@@ -69,6 +69,11 @@ struct model_impl {
     float *h_router_logits;           /* [T, E] host copy of the router logits, while tracing */
     int32_t *h_router_ids;            /* [T * k] host copy of the routing, while tracing */
 
+    /* decode-step padding (forward.c; backends with replays_work): host copies of a padded batch */
+    bool pad_decode;
+    int32_t *h_pad_tokens, *h_pad_positions, *h_pad_slots, *h_pad_query_start, *h_pad_seq_lens, *h_pad_logit_rows;
+    int32_t *h_pad_block_tables; /* [max_seqs * max_blocks_per_seq] (alloc_kv) */
+
     /* step metadata */
     int32_t *d_tokens, *d_positions, *d_slots; /* [T] */
     int32_t *d_query_start;                    /* [S + 1] */
@@ -92,7 +97,8 @@ static inline struct loom_tensor ws_view(struct loom_tensor t, int n, int64_t co
 /* moe.c: x[rows routed to e] += w * expert_e(h[those rows]) for every expert e of layer L */
 int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loom_tensor x, struct loom_tensor h, int n);
 
-/* logits.c: logits of the rows b->logit_rows of h (the final normed hidden states) into logits */
-int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits);
+/* logits.c: logits of the rows b->logit_rows of h (the final normed hidden states) into logits; rows
+ * from n_out on (padding) are computed with the others but neither downloaded nor sampled */
+int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits, int n_out);
 
 #endif

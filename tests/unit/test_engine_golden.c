@@ -306,16 +306,21 @@ static void test_seeded_real(int threads)
     }
     /* "host sampling": where the backend samples (CUDA), the same requests sampled on the host from the
      * downloaded logits must give the same tokens (the GPU sampler follows the host's rules) */
+    /* "padded decode": decode steps padded to batch-size buckets (forward.c; CUDA's default, forced here
+     * on any backend) must not change any token */
     struct {
         const char *what;
         int blocks, budget;
-        bool host_sampling;
-    } setups[] = {{"batch of 32", 0, 2048, false}, {"16 KV blocks", 16, 2048, false}, {"budget 8", 0, 8, false},
-                  {"host sampling", 0, 2048, true}};
-    for (int si = 0; si < 4; si++) {
+        bool host_sampling, pad;
+    } setups[] = {{"batch of 32", 0, 2048, false, false}, {"16 KV blocks", 16, 2048, false, false},
+                  {"budget 8", 0, 8, false, false}, {"host sampling", 0, 2048, true, false},
+                  {"padded decode", 16, 2048, false, true}};
+    for (int si = 0; si < 5; si++) {
         if (setups[si].host_sampling) setenv("LOOM_BACKEND_SAMPLING", "0", 1);
+        if (setups[si].pad) setenv("LOOM_PAD_DECODE", "1", 1);
         struct loom_engine *e = stories_engine(threads, setups[si].blocks, setups[si].budget, true);
         unsetenv("LOOM_BACKEND_SAMPLING");
+        unsetenv("LOOM_PAD_DECODE");
         if (!e) return;
         for (int i = 0; i < N; i++) add_sampled(e, prompts[i], lens[i], 1 + i % 3, 1000 + i, &got[i]);
         drain(e);

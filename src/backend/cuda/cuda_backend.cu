@@ -211,6 +211,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     be->threads = 1;
     be->ctx = c;
     be->copies_weights = true;
+    be->replays_work = true;
     *out = be;
     return 0;
 }
