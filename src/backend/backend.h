@@ -104,6 +104,17 @@ struct loom_sample_row {
     double u;       /* the draw (engine/sampler.h's counter-based RNG) */
     int32_t edit0, n_mask, n_bias, n_rep, n_sub;
     int32_t skip;   /* 1: leave this row alone (its token comes back as -1) */
+    int32_t logprobs; /* -1: none; k in [0, LOOM_SAMPLE_MAX_LOGPROBS]: the sampled token's and the top k's raw
+                       * logprobs (log_softmax of the row as the model wrote it, before any edit) */
+};
+
+#define LOOM_SAMPLE_MAX_LOGPROBS 20
+
+/* One logprob of a sampled row: lps[r * (1 + LOOM_SAMPLE_MAX_LOGPROBS) + 0] is the sampled token's,
+ * + 1 .. + k the top k (logprob descending, lower id first on ties). */
+struct loom_sample_logprob {
+    int32_t token;
+    float logprob;
 };
 
 struct loom_logit_edit {
@@ -193,9 +204,12 @@ struct loom_backend_ops {
 
     /* ---- optional (NULL: the caller does it another way) ---- */
     /* tokens[r] = the token drawn from row r of logits (F32 [n, vocab], rewritten in place) as
-     * rows[r] says; rows, edits and tokens are host arrays. Waits for the tokens. */
+     * rows[r] says, and its logprobs into lps (host, [n * (1 + LOOM_SAMPLE_MAX_LOGPROBS)]) where
+     * rows[r].logprobs >= 0 (lps may be NULL when no row asks). rows, edits, tokens: host arrays.
+     * Waits for the results. */
     void (*sample)(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
-                   const struct loom_logit_edit *edits, int n_edits, int32_t *tokens);
+                   const struct loom_logit_edit *edits, int n_edits, int32_t *tokens,
+                   struct loom_sample_logprob *lps);
 };
 
 struct loom_backend {

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #define MAX_LOGPROBS 20          /* vLLM's default max_logprobs */
+_Static_assert(MAX_LOGPROBS <= LOOM_SAMPLE_MAX_LOGPROBS, "backend sampling returns at most LOOM_SAMPLE_MAX_LOGPROBS");
 #define MAX_N 1024               /* samples per request */
 #define MAX_UNFINISHED (1 << 16) /* requests queued or running; more is LOOM_EFULL */
 #define LIVE_BUCKETS 4096
@@ -570,8 +571,8 @@ static void sample_input(const struct loom_seq *seq, struct loom_sample_input *i
     };
 }
 
-/* Backend sampling for this step's rows that need no host logits (no logprobs, no logits hook):
- * fills the runner's sample rows; the other rows stay skipped and are downloaded. */
+/* Backend sampling for this step's sampled rows (with their logprobs when asked), unless a logits hook
+ * wants the rows: fills the runner's sample rows; prompt-logprob rows stay skipped and are downloaded. */
 static void prepare_backend_sampling(struct loom_engine *e)
 {
     struct loom_runner *r = &e->runner;
@@ -582,7 +583,7 @@ static void prepare_backend_sampling(struct loom_engine *e)
     for (int i = 0; i < b->n_logits; i++) r->sample[i].skip = 1;
     for (int i = 0; i < s->n_scheduled; i++) {
         const struct loom_seq *seq = s->scheduled[i];
-        if (seq->sample_row < 0 || seq->req->params.logprobs >= 0) continue;
+        if (seq->sample_row < 0) continue;
         struct loom_sample_input in;
         sample_input(seq, &in);
         loom_sampler_backend_row(&e->sampler, &in, &r->sample[seq->sample_row], &e->edits, &n_edits, &e->cap_edits);
@@ -606,12 +607,17 @@ static void sample_seq(struct loom_engine *e, struct loom_seq *seq, int row)
     if (b->sample && !b->sample[row].skip) {
         tok = b->sampled[row];
         LOOM_ASSERT(tok >= 0 && tok < e->vocab);
+        if (p->logprobs >= 0) { /* computed there from the raw row */
+            const struct loom_sample_logprob *lp = b->sampled_lp + (size_t)row * (1 + LOOM_SAMPLE_MAX_LOGPROBS);
+            e->lp = (struct loom_token_logprob){lp[0].token, lp[0].logprob};
+            for (int j = 0; j < p->logprobs; j++) e->top[j] = (struct loom_token_logprob){lp[1 + j].token, lp[1 + j].logprob};
+        }
     } else {
         struct loom_sample_input in;
         sample_input(seq, &in);
         tok = loom_sampler_sample(&e->sampler, logits, &in);
+        if (p->logprobs >= 0) loom_sampler_logprobs(logits, e->vocab, tok, p->logprobs, &e->lp, e->top);
     }
-    if (p->logprobs >= 0) loom_sampler_logprobs(logits, e->vocab, tok, p->logprobs, &e->lp, e->top);
     LOOM_ASSERT(seq->n_tokens < seq->cap_tokens);
     seq->tokens[seq->n_tokens++] = tok;
     e->generation_tokens++;

@@ -32,6 +32,7 @@ int loom_runner_init(struct loom_runner *r, const struct loom_engine_model *m, i
     r->logits = loom_malloc((size_t)max_rows * (size_t)m->vocab_size * sizeof(float));
     r->sample = loom_calloc((size_t)max_rows, sizeof(*r->sample));
     r->sampled = loom_calloc((size_t)max_rows, sizeof(int32_t));
+    r->sampled_lp = loom_calloc((size_t)max_rows * (1 + LOOM_SAMPLE_MAX_LOGPROBS), sizeof(*r->sampled_lp));
     return LOOM_OK;
 }
 
@@ -47,6 +48,7 @@ void loom_runner_free(struct loom_runner *r)
     free(r->logits);
     free(r->sample);
     free(r->sampled);
+    free(r->sampled_lp);
     memset(r, 0, sizeof(*r));
 }
 
@@ -103,6 +105,7 @@ void loom_runner_build(struct loom_runner *r, struct loom_seq *const *seqs, int 
     b->edits = NULL;
     b->n_edits = 0;
     b->sampled = r->sampled;
+    b->sampled_lp = r->sampled_lp;
 }
 
 int loom_runner_forward(struct loom_runner *r)

@@ -39,6 +39,7 @@ struct loom_runner {
     float *logits;                                 /* [max_rows * vocab_size] */
     struct loom_sample_row *sample;                /* [max_rows] backend sampling, filled by the engine */
     int32_t *sampled;                              /* [max_rows] the tokens it drew */
+    struct loom_sample_logprob *sampled_lp;        /* [max_rows * (1 + LOOM_SAMPLE_MAX_LOGPROBS)] their logprobs */
     struct loom_batch batch;                       /* the last step's batch */
 };
 

@@ -286,6 +286,7 @@ void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_i
     row->top_p = p->top_p;
     row->min_p = p->min_p;
     row->top_k = p->top_k > 0 ? p->top_k : 0;
+    row->logprobs = p->logprobs; /* -1: none */
     row->u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output);
     row->edit0 = *n_edits;
     int n0 = *n_edits;

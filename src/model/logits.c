@@ -18,6 +18,9 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
         const struct loom_sample_row *sr = &b->sample[r];
         if (sr->skip) continue;
         int64_t e1 = (int64_t)sr->edit0 + sr->n_mask + sr->n_bias + sr->n_rep + sr->n_sub;
+        if (sr->logprobs > LOOM_SAMPLE_MAX_LOGPROBS || (sr->logprobs >= 0 && !b->sampled_lp))
+            return loom_fail(LOOM_EINVAL, "forward: sampling row %d asks for %d logprobs (at most %d, and a buffer)", r,
+                             sr->logprobs, LOOM_SAMPLE_MAX_LOGPROBS);
         if (sr->edit0 < 0 || sr->n_mask < 0 || sr->n_bias < 0 || sr->n_rep < 0 || sr->n_sub < 0 || e1 > b->n_edits)
             return loom_fail(LOOM_EINVAL, "forward: sampling row %d names edits outside the %d given", r, b->n_edits);
         for (int64_t i = sr->edit0; i < e1; i++)
@@ -41,7 +44,8 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
             if (on_device < out)
                 ops->download(be, logits + (int64_t)r0 * V, lg.data, sizeof(float) * (size_t)out * (size_t)V);
             if (on_device)
-                ops->sample(be, lg, b->sample + r0, out, b->edits, b->n_edits, b->sampled + r0);
+                ops->sample(be, lg, b->sample + r0, out, b->edits, b->n_edits, b->sampled + r0,
+                            b->sampled_lp ? b->sampled_lp + (size_t)r0 * (1 + LOOM_SAMPLE_MAX_LOGPROBS) : NULL);
         }
     }
     return 0;

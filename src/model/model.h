@@ -43,6 +43,8 @@ struct loom_batch {
     const struct loom_logit_edit *edits;  /* [n_edits], indexed by sample[r].edit0 */
     int n_edits;
     int32_t *sampled;                     /* [n_logits] host */
+    struct loom_sample_logprob *sampled_lp; /* [n_logits * (1 + LOOM_SAMPLE_MAX_LOGPROBS)] host: the logprobs
+                                             * of rows whose sample[r].logprobs >= 0 */
 };
 
 struct loom_model {

@@ -45,12 +45,12 @@ static struct loom_backend *be;
 
 /* Samples rows [0, n) of logits [n, V] on the GPU; tokens out. */
 static void gpu_sample(const float *logits, int n, int V, const struct loom_sample_row *rows,
-                       const struct loom_logit_edit *edits, int n_edits, int32_t *tokens)
+                       const struct loom_logit_edit *edits, int n_edits, int32_t *tokens, struct loom_sample_logprob *lps)
 {
     size_t bytes = sizeof(float) * (size_t)n * (size_t)V;
     float *d = be->ops->alloc(be, bytes);
     be->ops->upload(be, d, logits, bytes);
-    be->ops->sample(be, loom_tensor_2d(d, LOOM_DTYPE_F32, n, V), rows, n, edits, n_edits, tokens);
+    be->ops->sample(be, loom_tensor_2d(d, LOOM_DTYPE_F32, n, V), rows, n, edits, n_edits, tokens, lps);
     be->ops->free(be, d);
 }
 
@@ -69,6 +69,8 @@ static void run_cases(int V, const struct row_case *cases, int n_cases, int per_
     struct loom_logit_edit *edits = NULL;
     int n_edits = 0, cap_edits = 0;
     int32_t host[MAXR], dev[MAXR], alone[MAXR];
+    enum { LPR = 1 + LOOM_SAMPLE_MAX_LOGPROBS };
+    static struct loom_sample_logprob lps[MAXR * LPR], lps1[LPR];
 
     for (int r = 0; r < n; r++) {
         const struct row_case *c = &cases[r / per_case];
@@ -96,7 +98,7 @@ static void run_cases(int V, const struct row_case *cases, int n_cases, int per_
         loom_sampler_backend_row(&s, &in[r], &rows[r], &edits, &n_edits, &cap_edits);
         rows[r].skip = c->skip;
     }
-    gpu_sample(logits, n, V, rows, edits, n_edits, dev);
+    gpu_sample(logits, n, V, rows, edits, n_edits, dev, lps);
     for (int r = 0; r < n; r++)
         CHECK_MSG(dev[r] == host[r], "V %d, case %s, row %d: GPU token %d, host token %d", V,
                   cases[r / per_case].name, r, dev[r], host[r]);
@@ -105,9 +107,23 @@ static void run_cases(int V, const struct row_case *cases, int n_cases, int per_
         struct loom_sample_row one = rows[r];
         int ne = one.n_mask + one.n_bias + one.n_rep + one.n_sub;
         one.edit0 = 0;
-        gpu_sample(logits + (size_t)r * V, 1, V, &one, edits + rows[r].edit0, ne, &alone[r]);
+        gpu_sample(logits + (size_t)r * V, 1, V, &one, edits + rows[r].edit0, ne, &alone[r], lps1);
         CHECK_MSG(alone[r] == dev[r], "V %d, case %s, row %d: alone %d, in the batch %d", V, cases[r / per_case].name, r,
                   alone[r], dev[r]);
+    }
+    /* logprobs: of the raw row, as the host computes them (ids exact, values within 1e-4) */
+    for (int r = 0; r < n; r++) {
+        const struct loom_sampling_params *p = &cases[r / per_case].p;
+        if (p->logprobs < 0 || cases[r / per_case].skip) continue;
+        struct loom_token_logprob hl, ht[LOOM_SAMPLE_MAX_LOGPROBS];
+        loom_sampler_logprobs(logits + (size_t)r * V, V, dev[r], p->logprobs, &hl, ht);
+        const struct loom_sample_logprob *g = lps + (size_t)r * LPR;
+        int bad = g[0].token != hl.token_id || fabsf(g[0].logprob - hl.logprob) > 1e-4f;
+        for (int j = 0; j < p->logprobs && j < V; j++)
+            bad += g[1 + j].token != ht[j].token_id || fabsf(g[1 + j].logprob - ht[j].logprob) > 1e-4f;
+        CHECK_MSG(!bad, "V %d, case %s, row %d: logprobs differ (sampled %d: %g vs %d: %g; top0 %d: %g vs %d: %g)", V,
+                  cases[r / per_case].name, r, g[0].token, g[0].logprob, hl.token_id, hl.logprob, g[1].token,
+                  g[1].logprob, ht[0].token_id, ht[0].logprob);
     }
     /* the greedy cases with ties must give the lowest id */
     for (int r = 0; r < n; r++)
@@ -137,11 +153,13 @@ int main(void)
                                 minp = base, masked = base, biased = base, topk_ties = base, topp_ties = base;
     greedy.temperature = 0;
     greedy_pen = greedy;
+    greedy_pen.logprobs = 0; /* the sampled token's alone */
     greedy_pen.repetition_penalty = 1.3f;
     greedy_pen.frequency_penalty = 0.5f;
     greedy_pen.presence_penalty = 0.25f;
     greedy_pen.min_tokens = 100;
     temp1.temperature = 1.0f;
+    temp1.logprobs = 5;
     topk.temperature = 0.7f;
     topk.top_k = 50;
     topp.temperature = 1.0f;
@@ -163,6 +181,7 @@ int main(void)
     biased.min_tokens = 31;
     topk_ties.temperature = 1.0f;
     topk_ties.top_k = 3;
+    topk_ties.logprobs = 20; /* many ties: the lower id first */
     topp_ties.temperature = 1.0f;
     topp_ties.top_p = 0.5f;
     const struct row_case cases[] = {

@@ -9,6 +9,8 @@
  *   probable tokens while the mass above them is below top_p * sum (radix select on p's bits
  *   weighted by mass; ties at the threshold kept in id order, as the host sorts them);
  *   draw: the first token, in id order, whose cumulative mass exceeds u * (kept mass).
+ * Rows that ask for logprobs first keep a copy of the raw row (scratch), its log-sum-exp and top k
+ * (k rounds of a block argmax below the previous pick), and give the sampled token's raw logprob last.
  *
  * Masses are fixed-point integers (p relative to the top token, times 2^44; the top token's p is 1):
  * integer sums are the same in any order, so a row's token does not depend on thread scheduling, and
@@ -28,6 +30,8 @@ typedef unsigned long long u64;
 struct sample_smem {
     u64 hist[256];
     u64 wu[SAMPLE_WARPS];
+    double wd[SAMPLE_WARPS];
+    double total_d;
     int wi[SAMPLE_WARPS];
     float wf[SAMPLE_WARPS];
     u64 total_u;
@@ -154,20 +158,11 @@ struct by_mass {
     }
 };
 
-__global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_kernel(float *logits, int64_t stride, int V, const struct loom_sample_row *rows,
-                  const struct loom_logit_edit *edits, int32_t *out)
+/* The token of row r into out[r] (all threads call it; it returns together). */
+__device__ void sample_row(float *x, int V, const struct loom_sample_row &R, const struct loom_logit_edit *edits,
+                           int32_t *out, int r, sample_smem &sm)
 {
-    PDL_PROLOGUE();
-    __shared__ sample_smem sm;
-    const int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
-    const struct loom_sample_row R = rows[r];
-    if (R.skip) {
-        if (tid == 0) out[r] = -1;
-        return;
-    }
-    float *x = logits + (int64_t)r * stride;
-    if (tid == 0) out[r] = 0; /* a valid token whatever happens below (NaN logits): the draw overwrites it */
+    const int tid = threadIdx.x, nt = blockDim.x;
 
     /* edits, in the host's order */
     const struct loom_logit_edit *ed = edits + R.edit0;
@@ -291,27 +286,117 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 }
 
+/* argmax of (value, id) over the row's elements ranked strictly below (pv, pi) (value descending, id
+ * ascending), for the top-k logprobs one rank at a time */
+__device__ void next_best(const float *raw, int V, float pv, int pi, float *bv, int *bi, sample_smem &sm)
+{
+    const int tid = threadIdx.x;
+    float best = -INFINITY;
+    int b = 0x7fffffff;
+    for (int i = tid; i < V; i += blockDim.x) {
+        const float v = raw[i];
+        if (!(v < pv || (v == pv && i > pi))) continue;
+        if (b == 0x7fffffff || v > best) best = v, b = i;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, b, o);
+        if (oi != 0x7fffffff && (b == 0x7fffffff || ob > best || (ob == best && oi < b))) best = ob, b = oi;
+    }
+    if ((tid & 31) == 0) sm.wf[tid >> 5] = best, sm.wi[tid >> 5] = b;
+    __syncthreads();
+    best = sm.wf[0], b = sm.wi[0];
+    for (int w = 1; w < SAMPLE_WARPS; w++)
+        if (sm.wi[w] != 0x7fffffff && (b == 0x7fffffff || sm.wf[w] > best || (sm.wf[w] == best && sm.wi[w] < b)))
+            best = sm.wf[w], b = sm.wi[w];
+    __syncthreads();
+    *bv = best;
+    *bi = b;
+}
+
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_kernel(float *logits, int64_t stride, int V, const struct loom_sample_row *rows,
+                  const struct loom_logit_edit *edits, int32_t *out, float *raw_rows,
+                  struct loom_sample_logprob *lps)
+{
+    PDL_PROLOGUE();
+    __shared__ sample_smem sm;
+    const int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
+    const struct loom_sample_row R = rows[r];
+    if (R.skip) {
+        if (tid == 0) out[r] = -1;
+        return;
+    }
+    float *x = logits + (int64_t)r * stride;
+    if (tid == 0) out[r] = 0; /* a valid token whatever happens below (NaN logits): the draw overwrites it */
+    const int K = R.logprobs;
+    float *raw = K >= 0 ? raw_rows + (int64_t)r * V : NULL;
+    struct loom_sample_logprob *lp = lps + (int64_t)r * (1 + LOOM_SAMPLE_MAX_LOGPROBS);
+    float lse = 0.f;
+    if (K >= 0) { /* the raw row (kept for the sampled token's logprob), its log-sum-exp, the top K */
+        float mx = -INFINITY;
+        for (int i = tid; i < V; i += nt) {
+            const float v = x[i];
+            raw[i] = v;
+            mx = fmaxf(mx, v);
+        }
+        mx = block_max(mx, sm);
+        double se = 0, total;
+        for (int i = tid; i < V; i += nt) se += (double)expf(raw[i] - mx);
+        block_excl_scan<double>(se, &total, sm.wd, &sm.total_d);
+        lse = (float)((double)mx + log(total));
+        float pv = INFINITY;
+        int pi = -1;
+        for (int j = 0; j < K && j < V; j++) {
+            next_best(raw, V, pv, pi, &pv, &pi, sm);
+            if (tid == 0) lp[1 + j] = {pi, pv - lse};
+        }
+    }
+    sample_row(x, V, R, edits, out, r, sm);
+    if (K >= 0) {
+        __syncthreads(); /* out[r] is written */
+        if (tid == 0) {
+            const int t = out[r];
+            lp[0] = {t, raw[t] - lse};
+        }
+    }
+}
+
 void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
-                 const struct loom_logit_edit *edits, int n_edits, int32_t *tokens)
+                 const struct loom_logit_edit *edits, int n_edits, int32_t *tokens, struct loom_sample_logprob *lps)
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
     LOOM_ASSERT(logits.dtype == LOOM_DTYPE_F32 && logits.rows >= n && n >= 0 && n_edits >= 0);
     if (n == 0) return;
-    const size_t rows_b = sizeof(*rows) * (size_t)n, edits_b = sizeof(*edits) * (size_t)n_edits;
-    const size_t need = ((rows_b + 255) & ~(size_t)255) + ((edits_b + 255) & ~(size_t)255) + sizeof(int32_t) * (size_t)n;
-    if (need > c->sample_cap) { /* grows rarely: the first steps, or a request with a very long penalized prompt */
+    bool want_lp = false;
+    for (int i = 0; i < n; i++) want_lp |= !rows[i].skip && rows[i].logprobs >= 0;
+    LOOM_ASSERT(!want_lp || lps);
+    const int V = (int)logits.cols;
+    const size_t lp_per_row = 1 + LOOM_SAMPLE_MAX_LOGPROBS;
+    auto up = [](size_t b) { return (b + 255) & ~(size_t)255; };
+    const size_t rows_b = sizeof(*rows) * (size_t)n, edits_b = sizeof(*edits) * (size_t)n_edits,
+                 tok_b = sizeof(int32_t) * (size_t)n, lp_b = want_lp ? sizeof(*lps) * lp_per_row * (size_t)n : 0,
+                 raw_b = want_lp ? sizeof(float) * (size_t)V * (size_t)n : 0;
+    const size_t need = up(rows_b) + up(edits_b) + up(tok_b) + up(lp_b) + raw_b;
+    if (need > c->sample_cap) { /* grows rarely: the first steps, a long penalized prompt, logprob rows */
         if (c->sample_buf) be->ops->free(be, c->sample_buf);
         c->sample_cap = need * 2 > ((size_t)1 << 20) ? need * 2 : ((size_t)1 << 20);
         c->sample_buf = be->ops->alloc(be, c->sample_cap);
     }
     unsigned char *d = (unsigned char *)c->sample_buf;
     struct loom_sample_row *d_rows = (struct loom_sample_row *)d;
-    struct loom_logit_edit *d_edits = (struct loom_logit_edit *)(d + ((rows_b + 255) & ~(size_t)255));
-    int32_t *d_tokens = (int32_t *)((unsigned char *)d_edits + ((edits_b + 255) & ~(size_t)255));
+    d += up(rows_b);
+    struct loom_logit_edit *d_edits = (struct loom_logit_edit *)d;
+    d += up(edits_b);
+    int32_t *d_tokens = (int32_t *)d;
+    d += up(tok_b);
+    struct loom_sample_logprob *d_lps = (struct loom_sample_logprob *)d;
+    d += up(lp_b);
+    float *d_raw = (float *)d;
     be->ops->upload(be, d_rows, rows, rows_b);
     if (n_edits) be->ops->upload(be, d_edits, edits, edits_b);
-    cuda_launch(c, sample_kernel, dim3((unsigned)n), dim3(SAMPLE_THREADS), 0, (float *)logits.data, logits.stride,
-                (int)logits.cols, (const struct loom_sample_row *)d_rows, (const struct loom_logit_edit *)d_edits,
-                d_tokens);
-    be->ops->download(be, tokens, d_tokens, sizeof(int32_t) * (size_t)n);
+    cuda_launch(c, sample_kernel, dim3((unsigned)n), dim3(SAMPLE_THREADS), 0, (float *)logits.data, logits.stride, V,
+                (const struct loom_sample_row *)d_rows, (const struct loom_logit_edit *)d_edits, d_tokens, d_raw, d_lps);
+    if (want_lp) be->ops->download(be, lps, d_lps, lp_b);
+    be->ops->download(be, tokens, d_tokens, tok_b);
 }
