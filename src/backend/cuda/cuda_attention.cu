@@ -235,9 +235,6 @@ void cuda_attention_init(struct cuda_ctx *c)
     CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, ATTN_MAX_COUNTERS * sizeof(int)));
     CUDA_CHECK(cudaMemset(c->attn_counters, 0, ATTN_MAX_COUNTERS * sizeof(int)));
     cuda_attention_tc_init(c);
-    /* LOOM_CUDA_ATTN_FINE_SPLITS=1: a split may hold a single tile (the default keeps at least two) */
-    const char *e = getenv("LOOM_CUDA_ATTN_FINE_SPLITS");
-    c->attn_split_tiles = e && !strcmp(e, "1") ? 2 : 1;
 }
 
 template <typename T>
@@ -308,7 +305,7 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     int64_t target = 2 * (int64_t)c->sm_count;
     int tiles = (max_len + ATTN_TILE - 1) / ATTN_TILE;
     size_t per_split = (size_t)n_tokens * n_heads * (head_dim + 2) * sizeof(float);
-    while (splits < ATTN_MAX_SPLITS && blocks * splits * 2 <= target && splits * 2 <= tiles * c->attn_split_tiles &&
+    while (splits < ATTN_MAX_SPLITS && blocks * splits * 2 <= target && splits * 2 <= tiles &&
            per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= ATTN_MAX_COUNTERS &&
            2 * P.group * splits * 2 <= ATTN_TILE * (2 * head_dim + 1)) /* the merge's (max, sum) fit in K|V smem */
         splits *= 2;

@@ -100,7 +100,6 @@ struct cuda_ctx {
     unsigned char *pinned;       /* [LOOM_CUDA_PINNED_BYTES] page-locked staging for uploads and downloads */
     size_t pinned_used;          /* bytes of it that queued uploads still read (reset when the stream drains) */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
-    int attn_split_tiles;        /* decode splits may reach tiles * this (cuda_attention.cu) */
     bool tc_attn;                /* prefill attention on tensor cores (cuda_attention_tc.cu; LOOM_CUDA_TC_ATTN=0: off) */
     void *sample_buf;            /* cuda_sample.cu: its rows, edits and tokens (grown on demand) */
     size_t sample_cap;
