@@ -214,6 +214,8 @@ static void run_model(const char *name, int threads)
 struct sampled {
     int32_t out[4][64];
     int n_out[4];
+    float lp[4][64];     /* each sampled token's logprob */
+    int32_t top1[4][64]; /* and the best token's id (the requests ask for logprobs = 2) */
     enum loom_finish_reason finish[4];
     float last_logits[64]; /* a few logits of the sample row of the last prompt position */
     uint64_t id;
@@ -223,7 +225,12 @@ struct sampled {
 static void on_sampled(const struct loom_output *o, void *user)
 {
     struct sampled *s = user;
-    for (int i = 0; i < o->n_tokens && s->n_out[o->index] < 64; i++) s->out[o->index][s->n_out[o->index]++] = o->token_ids[i];
+    for (int i = 0; i < o->n_tokens && s->n_out[o->index] < 64; i++) {
+        int j = s->n_out[o->index]++;
+        s->out[o->index][j] = o->token_ids[i];
+        s->lp[o->index][j] = o->logprobs ? o->logprobs[i].logprob : NAN;
+        s->top1[o->index][j] = o->top_logprobs ? o->top_logprobs[i * o->top_k].token_id : -1;
+    }
     s->finish[o->index] = o->finish_reason;
 }
 
@@ -274,6 +281,7 @@ static void add_sampled(struct loom_engine *e, const int32_t *ids, int L, int n,
     r.params.has_seed = true;
     r.params.seed = seed;
     r.params.ignore_eos = true;
+    r.params.logprobs = 2;
     r.on_output = on_sampled;
     r.user = s;
     CHECK_EQ_INT(loom_engine_add_request(e, &r, &s->id), 0);
@@ -332,6 +340,13 @@ static void test_seeded_real(int threads)
                 bad += got[i].n_out[k] != 40 || alone[i].n_out[k] != 40 ||
                        memcmp(got[i].out[k], alone[i].out[k], sizeof(int32_t) * 40);
         CHECK_MSG(bad == 0, "seeded sampling, %s: %d samples differ from the request alone", setups[si].what, bad);
+        /* the logprobs: from the backend's sampler (CUDA) or the host's, the same within float rounding */
+        int bad_lp = 0;
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < 1 + i % 3; k++)
+                for (int t = 0; t < 40 && !bad; t++)
+                    bad_lp += !(fabsf(got[i].lp[k][t] - alone[i].lp[k][t]) <= 1e-4f) || got[i].top1[k][t] != alone[i].top1[k][t];
+        CHECK_MSG(bad_lp == 0, "seeded sampling, %s: %d logprobs differ from the request alone", setups[si].what, bad_lp);
         if (si == 1) CHECK_MSG(st.num_preemptions > 0, "16 KV blocks: no preemption");
         if (si == 2) CHECK_MSG(st.num_prefill_chunks > 0, "budget 8: no chunked prefill");
         printf("stories260K seeded sampling, %-12s: %s (%lld preemptions, %lld chunks)\n", setups[si].what,
