@@ -214,7 +214,7 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
     const size_t esz = loom_dtype_size(wt);
     const char *wr = j->w + (int64_t)j0 * j->ws_bytes;
     const float *xr[GEMV_NT];
-    __m512 acc_a[GEMV_NT], acc_b[GEMV_MAX];
+    __m512 acc_a[GEMV_NT], acc_b[GEMV_NT];
     for (int t = 0; t < NT; t++) {
         xr[t] = xp ? xp + (int64_t)t * kp : j->x + (int64_t)t * j->xs;
         acc_a[t] = acc_b[t] = _mm512_setzero_ps();
