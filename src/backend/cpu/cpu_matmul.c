@@ -17,7 +17,7 @@
  *    4 x KC_BF16 tiles.
  *  - blocked GEMM (AVX2 and portable C, every n): work items are (a chunk of w rows) x (a block of
  *    tokens); a tile of 4 w rows x KC columns is converted to f32 in an L1-resident buffer, then
- *    every token of the block is dotted against it (24 accumulators along k on AVX-512/AVX2).
+ *    every token of the block is dotted against it (4 rows x 2 tokens of accumulators on AVX2).
  *
  * It does not pre-pack weights (they stay zero-copy) and does not allocate, except the scratch for
  * the copy of x (f32 in lane order, or bf16), which grows on first use of a larger shape.
@@ -334,7 +334,7 @@ T512 static INLINE void sn_block_512(const struct mm_job *j, int row, int rows, 
         w32_512(w1 + o, wt, 32, &a1, &b1);
         w32_512(w2 + o, wt, 32, &a2, &b2);
         w32_512(w3 + o, wt, 32, &a3, &b3);
-        if (pc == pg) { /* the next block, as one linear sweep: 4 rows of k elements are 4 * k * esz bytes */
+        if (pc == pg) { /* the block after next, one linear sweep: its 4 rows of k are 4 * k * esz bytes */
             const char *q = w0 + pfo + 4 * o;
             SNPF(q);
             SNPF(q + 64);
@@ -419,86 +419,6 @@ T512 static void sn_range_512(void *arg, int64_t b, int64_t e, int ith)
     default: sn_range_512_t(j, (int)b, (int)e, LOOM_DTYPE_F32); break;
     }
     add_bias(j, 0, j->n, (int)b, (int)e);
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* AVX-512 GEMM, fp32 */
-
-T512 static void pack_512(float *dst, int kcp, const struct mm_job *j, int row, int rows, int k0, int kc)
-{
-    for (int r = 0; r < 4; r++) {
-        float *d = dst + (int64_t)r * kcp;
-        if (r >= rows) {
-            memset(d, 0, (size_t)kcp * 4);
-            continue;
-        }
-        const char *src = j->w + (int64_t)(row + r) * j->ws_bytes + (int64_t)k0 * loom_dtype_size(j->wt);
-        for (int i = 0; i < kcp; i += 16) {
-            int rem = kc - i;
-            __mmask16 m = rem >= 16 ? 0xffff : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
-            __m512 v;
-            if (j->wt == LOOM_DTYPE_BF16)
-                v = _mm512_castsi512_ps(
-                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i * 2)), 16));
-            else if (j->wt == LOOM_DTYPE_F16) v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i * 2));
-            else v = _mm512_maskz_loadu_ps(m, src + i * 4);
-            _mm512_store_ps(d + i, v);
-        }
-    }
-}
-
-T512 static INLINE void gemm_tile_512_t(const float *wb, int kcp, int kc, const float *x, int64_t xs, const int NT,
-                                        float *out, int64_t os, int ncols, bool accumulate)
-{
-    __m512 acc[4][6];
-    for (int r = 0; r < 4; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
-    int kk = 0;
-    for (; kk + 16 <= kc; kk += 16) {
-        __m512 w0 = _mm512_load_ps(wb + kk), w1 = _mm512_load_ps(wb + kcp + kk);
-        __m512 w2 = _mm512_load_ps(wb + 2 * kcp + kk), w3 = _mm512_load_ps(wb + 3 * kcp + kk);
-        for (int t = 0; t < NT; t++) {
-            __m512 xv = _mm512_loadu_ps(x + t * xs + kk);
-            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
-            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
-            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
-        }
-    }
-    if (kk < kc) { /* the packed w is zero-padded; x is not, so mask its loads */
-        __mmask16 m = (__mmask16)((1u << (kc - kk)) - 1);
-        __m512 w0 = _mm512_load_ps(wb + kk), w1 = _mm512_load_ps(wb + kcp + kk);
-        __m512 w2 = _mm512_load_ps(wb + 2 * kcp + kk), w3 = _mm512_load_ps(wb + 3 * kcp + kk);
-        for (int t = 0; t < NT; t++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * xs + kk);
-            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
-            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
-            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
-        }
-    }
-    __mmask8 sm = (__mmask8)((1u << ncols) - 1);
-    for (int t = 0; t < NT; t++) {
-        __m128 s = hsum4_512(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-        float *o = out + t * os;
-        if (accumulate) s = _mm_add_ps(s, _mm_maskz_loadu_ps(sm, o));
-        _mm_mask_storeu_ps(o, sm, s);
-    }
-}
-
-T512 static void tile_512(const float *wb, int kcp, int kc, const float *x, int64_t xs, int nt, float *out,
-                          int64_t os, int ncols, bool accumulate)
-{
-    int t = 0;
-    for (; t + 6 <= nt; t += 6) gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 6, out + t * os, os, ncols, accumulate);
-    switch (nt - t) {
-    case 0: break;
-    case 1: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 1, out + t * os, os, ncols, accumulate); break;
-    case 2: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 2, out + t * os, os, ncols, accumulate); break;
-    case 3: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 3, out + t * os, os, ncols, accumulate); break;
-    case 4: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 4, out + t * os, os, ncols, accumulate); break;
-    case 5: gemm_tile_512_t(wb, kcp, kc, x + t * xs, xs, 5, out + t * os, os, ncols, accumulate); break;
-    }
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -786,12 +706,6 @@ static void gemm_items_c(void *arg, int64_t b, int64_t e, int ith)
 }
 
 #if defined(__x86_64__)
-static void gemm_items_512(void *arg, int64_t b, int64_t e, int ith)
-{
-    (void)ith;
-    for (int64_t i = b; i < e; i++) gemm_item(arg, i, pack_512, tile_512);
-}
-
 static void gemm_items_256(void *arg, int64_t b, int64_t e, int ith)
 {
     (void)ith;
@@ -887,10 +801,6 @@ void cpu_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_ten
 #if defined(__x86_64__)
     if (j.xb) {
         loom_parallel_for(c->tp, items, 1, gemm_bf16_item, &j);
-        return;
-    }
-    if (c->isa == CPU_ISA_AVX512) {
-        loom_parallel_for(c->tp, items, 1, gemm_items_512, &j);
         return;
     }
     if (c->isa == CPU_ISA_AVX2) {
