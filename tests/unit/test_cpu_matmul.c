@@ -221,9 +221,47 @@ static void test_pool_late_worker(void)
     loom_threadpool_free(tp);
 }
 
+/* Batch invariance (AVX-512, fp32 mode): a row's product is the same bits whether it is computed alone
+ * (the GEMV) or among n rows (the small-n GEMM, blocks of 256), so a request's logits do not depend on
+ * what else is in the step. */
+static void test_batch_invariance(void)
+{
+    struct loom_backend *be = make_backend("avx512", 2, LOOM_DTYPE_F32);
+    if (!be) return;
+    const enum loom_dtype wts[] = {LOOM_DTYPE_BF16, LOOM_DTYPE_F16, LOOM_DTYPE_F32};
+    const int ns[] = {2, 3, 4, 5, 6, 11, 16, 17, 64, 70, 260};
+    const int m = 77, k = 300;
+    float *x = malloc(sizeof(float) * 260 * k), *outn = malloc(sizeof(float) * 260 * m), *out1 = malloc(sizeof(float) * m);
+    for (int i = 0; i < 260 * k; i++) x[i] = (float)frand();
+    for (size_t wi = 0; wi < sizeof(wts) / sizeof(wts[0]); wi++) {
+        struct wmat w = wmat_rand(wts[wi], m, k, k, 0);
+        struct loom_tensor wt = {w.data, wts[wi], m, k, k};
+        int bad = 0;
+        for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+            const int n = ns[ni];
+            be->ops->matmul(be, loom_tensor_2d(outn, LOOM_DTYPE_F32, n, m), loom_tensor_2d(x, LOOM_DTYPE_F32, n, k), wt,
+                            NULL);
+            for (int t = 0; t < n; t++) {
+                be->ops->matmul(be, loom_tensor_2d(out1, LOOM_DTYPE_F32, 1, m),
+                                loom_tensor_2d(x + (size_t)t * k, LOOM_DTYPE_F32, 1, k), wt, NULL);
+                bad += memcmp(out1, outn + (size_t)t * m, sizeof(float) * m) != 0;
+            }
+        }
+        CHECK_MSG(bad == 0, "batch invariance, %s weights: %d rows differ between a call of n rows and of one",
+                  loom_dtype_name(wts[wi]), bad);
+        free(w.buf);
+        free(w.ref);
+    }
+    free(x);
+    free(outn);
+    free(out1);
+    loom_backend_destroy(be);
+}
+
 int main(void)
 {
     test_pool_late_worker();
+    test_batch_invariance();
     struct {
         const char *isa;
         int threads;

@@ -214,10 +214,10 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
     const size_t esz = loom_dtype_size(wt);
     const char *wr = j->w + (int64_t)j0 * j->ws_bytes;
     const float *xr[GEMV_NT];
-    __m512 acc_a[GEMV_NT], acc_b[GEMV_NT];
+    __m512 acc[GEMV_NT];
     for (int t = 0; t < NT; t++) {
         xr[t] = xp ? xp + (int64_t)t * kp : j->x + (int64_t)t * j->xs;
-        acc_a[t] = acc_b[t] = _mm512_setzero_ps();
+        acc[t] = _mm512_setzero_ps();
     }
     const enum loom_dtype xorder = xp ? LOOM_DTYPE_F32 : wt; /* permuted already: load as is */
     const int k = j->k;
@@ -228,8 +228,8 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
         for (int t = 0; t < NT; t++) {
             __m512 xa, xb;
             x32_512(xr[t] + kk, xorder, 32, &xa, &xb);
-            acc_a[t] = _mm512_fmadd_ps(wa, xa, acc_a[t]);
-            acc_b[t] = _mm512_fmadd_ps(wb, xb, acc_b[t]);
+            acc[t] = _mm512_fmadd_ps(wa, xa, acc[t]);
+            acc[t] = _mm512_fmadd_ps(wb, xb, acc[t]);
         }
     }
     if (kk < k) {
@@ -239,11 +239,14 @@ T512 static INLINE void gemv_row_512(const struct mm_job *j, int j0, const int N
             __m512 xa, xb;
             if (xp) x32_512(xr[t] + kk, LOOM_DTYPE_F32, 32, &xa, &xb); /* zero-padded */
             else x32_512(xr[t] + kk, wt, k - kk, &xa, &xb);
-            acc_a[t] = _mm512_fmadd_ps(wa, xa, acc_a[t]);
-            acc_b[t] = _mm512_fmadd_ps(wb, xb, acc_b[t]);
+            acc[t] = _mm512_fmadd_ps(wa, xa, acc[t]);
+            acc[t] = _mm512_fmadd_ps(wb, xb, acc[t]);
         }
     }
-    for (int t = 0; t < NT; t++) j->out[(int64_t)t * j->os + j0] = _mm512_reduce_add_ps(_mm512_add_ps(acc_a[t], acc_b[t]));
+    /* the small-n GEMM's arithmetic exactly (one accumulator, a then b, hsum4_512's tree), so a row's
+     * result does not depend on how many rows the call has: batch-invariant products */
+    const __m512 z = _mm512_setzero_ps();
+    for (int t = 0; t < NT; t++) j->out[(int64_t)t * j->os + j0] = _mm_cvtss_f32(hsum4_512(acc[t], z, z, z));
 }
 
 T512 static INLINE void gemv_range_512_t(const struct mm_job *j, int j0, int j1, const enum loom_dtype wt)
