@@ -32,6 +32,7 @@ void loom_sampler_free(struct loom_sampler *s)
     free(s->idx);
     free(s->stamp);
     free(s->count);
+    free(s->edits);
     memset(s, 0, sizeof(*s));
 }
 
@@ -126,13 +127,45 @@ void loom_sampler_logprobs(const float *logits, int vocab, int32_t token, int k,
     for (int j = 0; j < k; j++) top[j].logprob = (float)(logits[top[j].token_id] - lse);
 }
 
-static void apply_penalties(struct loom_sampler *s, float *x, const struct loom_sample_input *in)
+/* ---------------------------------------------------------------------------------------------- */
+/* Steps 2-4 as sparse token edits: the host sampler applies them itself (loom_sampler_apply_edits), a
+ * backend sampler gets them with the row (backend.h), so both edit the logits the same way. */
+
+static void push_edit(struct loom_logit_edit **e, int *n, int *cap, int32_t token, float value)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 1024;
+        *e = loom_realloc(*e, (size_t)*cap * sizeof(**e));
+    }
+    (*e)[*n].token = token;
+    (*e)[*n].value = value;
+    (*n)++;
+}
+
+void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_input *in, struct loom_sample_row *row,
+                              struct loom_logit_edit **edits, int *n_edits, int *cap_edits)
 {
     const struct loom_sampling_params *p = in->p;
-    if (p->repetition_penalty != 1.0f) {
-        float r = p->repetition_penalty;
+    memset(row, 0, sizeof(*row));
+    row->temperature = p->temperature;
+    row->top_p = p->top_p;
+    row->min_p = p->min_p;
+    row->top_k = p->top_k > 0 ? p->top_k : 0;
+    row->logprobs = p->logprobs; /* -1: none */
+    row->u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output);
+    row->edit0 = *n_edits;
+    int n0 = *n_edits;
+    if (in->n_output < p->min_tokens)
+        for (int i = 0; i < in->n_stop_ids; i++) push_edit(edits, n_edits, cap_edits, in->stop_ids[i], 0.0f);
+    row->n_mask = *n_edits - n0;
+    n0 = *n_edits;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        push_edit(edits, n_edits, cap_edits, p->logit_bias[i].token_id, p->logit_bias[i].bias);
+    row->n_bias = *n_edits - n0;
+    n0 = *n_edits;
+    if (p->repetition_penalty != 1.0f) { /* distinct tokens of prompt + output, as apply_penalties marks them */
         uint32_t st = ++s->cur_stamp;
-        if (st == 0) { /* wrapped: clear the marks */
+        if (st == 0) {
             memset(s->stamp, 0, (size_t)s->vocab * sizeof(uint32_t));
             st = s->cur_stamp = 1;
         }
@@ -140,22 +173,39 @@ static void apply_penalties(struct loom_sampler *s, float *x, const struct loom_
             const int32_t *t = pass ? in->output : in->prompt;
             int n = pass ? in->n_output : in->n_prompt;
             for (int i = 0; i < n; i++) {
-                int32_t id = t[i];
-                if (s->stamp[id] == st) continue;
-                s->stamp[id] = st;
-                x[id] = x[id] > 0 ? x[id] / r : x[id] * r;
+                if (s->stamp[t[i]] == st) continue;
+                s->stamp[t[i]] = st;
+                push_edit(edits, n_edits, cap_edits, t[i], p->repetition_penalty);
             }
         }
     }
+    row->n_rep = *n_edits - n0;
+    n0 = *n_edits;
     if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
         for (int i = 0; i < in->n_output; i++) s->count[in->output[i]]++;
         for (int i = 0; i < in->n_output; i++) {
             int32_t id = in->output[i];
             if (!s->count[id]) continue;
-            x[id] -= p->frequency_penalty * (float)s->count[id] + p->presence_penalty;
+            push_edit(edits, n_edits, cap_edits, id, p->frequency_penalty * (float)s->count[id] + p->presence_penalty);
             s->count[id] = 0;
         }
     }
+    row->n_sub = *n_edits - n0;
+}
+
+void loom_sampler_apply_edits(float *x, const struct loom_sample_row *row, const struct loom_logit_edit *edits)
+{
+    const struct loom_logit_edit *e = edits + row->edit0;
+    for (int i = 0; i < row->n_mask; i++) x[e[i].token] = -INFINITY;
+    e += row->n_mask;
+    for (int i = 0; i < row->n_bias; i++) x[e[i].token] += e[i].value;
+    e += row->n_bias;
+    for (int i = 0; i < row->n_rep; i++) {
+        float v = x[e[i].token];
+        x[e[i].token] = v > 0 ? v / e[i].value : v * e[i].value;
+    }
+    e += row->n_rep;
+    for (int i = 0; i < row->n_sub; i++) x[e[i].token] -= e[i].value;
 }
 
 static int32_t argmax(const float *x, int n)
@@ -177,10 +227,10 @@ int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const 
         return argmax(logits, V); /* plain greedy: no copy of the row */
     memcpy(x, logits, (size_t)V * sizeof(float));
 
-    if (in->n_output < p->min_tokens)
-        for (int i = 0; i < in->n_stop_ids; i++) x[in->stop_ids[i]] = -INFINITY;
-    for (int i = 0; i < p->n_logit_bias; i++) x[p->logit_bias[i].token_id] += p->logit_bias[i].bias;
-    apply_penalties(s, x, in);
+    struct loom_sample_row row;
+    int n_edits = 0;
+    loom_sampler_backend_row(s, in, &row, &s->edits, &n_edits, &s->cap_edits);
+    loom_sampler_apply_edits(x, &row, s->edits);
 
     if (p->temperature < SAMPLING_EPS) return argmax(x, V);
 
@@ -263,67 +313,3 @@ int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const s
     return last;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* Sampling on the backend: the same steps, with the row-dependent parts prepared here */
-
-static void push_edit(struct loom_logit_edit **e, int *n, int *cap, int32_t token, float value)
-{
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 1024;
-        *e = loom_realloc(*e, (size_t)*cap * sizeof(**e));
-    }
-    (*e)[*n].token = token;
-    (*e)[*n].value = value;
-    (*n)++;
-}
-
-void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_input *in, struct loom_sample_row *row,
-                              struct loom_logit_edit **edits, int *n_edits, int *cap_edits)
-{
-    const struct loom_sampling_params *p = in->p;
-    memset(row, 0, sizeof(*row));
-    row->temperature = p->temperature;
-    row->top_p = p->top_p;
-    row->min_p = p->min_p;
-    row->top_k = p->top_k > 0 ? p->top_k : 0;
-    row->logprobs = p->logprobs; /* -1: none */
-    row->u = loom_rng_uniform(in->rng_key, (uint64_t)in->n_output);
-    row->edit0 = *n_edits;
-    int n0 = *n_edits;
-    if (in->n_output < p->min_tokens)
-        for (int i = 0; i < in->n_stop_ids; i++) push_edit(edits, n_edits, cap_edits, in->stop_ids[i], 0.0f);
-    row->n_mask = *n_edits - n0;
-    n0 = *n_edits;
-    for (int i = 0; i < p->n_logit_bias; i++)
-        push_edit(edits, n_edits, cap_edits, p->logit_bias[i].token_id, p->logit_bias[i].bias);
-    row->n_bias = *n_edits - n0;
-    n0 = *n_edits;
-    if (p->repetition_penalty != 1.0f) { /* distinct tokens of prompt + output, as apply_penalties marks them */
-        uint32_t st = ++s->cur_stamp;
-        if (st == 0) {
-            memset(s->stamp, 0, (size_t)s->vocab * sizeof(uint32_t));
-            st = s->cur_stamp = 1;
-        }
-        for (int pass = 0; pass < 2; pass++) {
-            const int32_t *t = pass ? in->output : in->prompt;
-            int n = pass ? in->n_output : in->n_prompt;
-            for (int i = 0; i < n; i++) {
-                if (s->stamp[t[i]] == st) continue;
-                s->stamp[t[i]] = st;
-                push_edit(edits, n_edits, cap_edits, t[i], p->repetition_penalty);
-            }
-        }
-    }
-    row->n_rep = *n_edits - n0;
-    n0 = *n_edits;
-    if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
-        for (int i = 0; i < in->n_output; i++) s->count[in->output[i]]++;
-        for (int i = 0; i < in->n_output; i++) {
-            int32_t id = in->output[i];
-            if (!s->count[id]) continue;
-            push_edit(edits, n_edits, cap_edits, id, p->frequency_penalty * (float)s->count[id] + p->presence_penalty);
-            s->count[id] = 0;
-        }
-    }
-    row->n_sub = *n_edits - n0;
-}

@@ -32,6 +32,8 @@ struct loom_sampler {
     uint32_t cur_stamp;
     int32_t *count;    /* [vocab] output token counts (zero between calls) */
     float max;         /* the largest processed logit (loom_sampler_prepare) */
+    struct loom_logit_edit *edits; /* steps 2-4 of the row being processed, as edits */
+    int cap_edits;
 };
 
 struct loom_sample_input {
@@ -56,10 +58,14 @@ int32_t loom_sampler_sample(struct loom_sampler *s, const float *logits, const s
  * at -inf) that loom_sampler_sample draws from. Exposed for tests. */
 int32_t loom_sampler_prepare(struct loom_sampler *s, const float *logits, const struct loom_sample_input *in);
 
-/* For sampling on the backend (backend.h's struct loom_sample_row): the row's parameters, its draw,
- * and its edits (steps 2-4 as sparse token edits, appended to *edits, grown as needed). */
+/* Steps 2-4 as sparse token edits, with the row's other parameters and its draw (backend.h's struct
+ * loom_sample_row, what a backend sampler is given): the edits are appended to *edits (grown as needed).
+ * The host sampler builds the same edits and applies them with loom_sampler_apply_edits. */
 void loom_sampler_backend_row(struct loom_sampler *s, const struct loom_sample_input *in, struct loom_sample_row *row,
                               struct loom_logit_edit **edits, int *n_edits, int *cap_edits);
+/* The row's edits applied to x in their order: min_tokens masks, logit_bias one after another, the
+ * repetition penalty, frequency/presence subtractions. */
+void loom_sampler_apply_edits(float *x, const struct loom_sample_row *row, const struct loom_logit_edit *edits);
 
 /* Raw logprobs of one row: token's into *lp; the best k (logprob descending, id ascending) into top[k]. */
 void loom_sampler_logprobs(const float *logits, int vocab, int32_t token, int k, struct loom_token_logprob *lp,
