@@ -456,9 +456,13 @@ int loom_model_alloc_kv(struct loom_model *m, int num_blocks, int block_size)
         return loom_fail(LOOM_EINVAL, "KV pool of %d blocks of %d tokens: both must be positive and their product "
                                       "below 2^31", num_blocks, block_size);
     const int64_t slots = (int64_t)num_blocks * block_size, kw = (int64_t)c->num_kv_heads * c->head_dim;
+    /* one allocation for the whole pool: every layer's K and V, each starting 256-byte aligned */
+    const enum loom_dtype t = m->be->act_dtype;
+    const size_t per = ((size_t)slots * (size_t)kw * loom_dtype_size(t) + 255) & ~(size_t)255;
+    char *pool = ws_buf(m, per * 2 * (size_t)c->num_layers);
     for (int l = 0; l < c->num_layers; l++) {
-        mi->layers[l].k_cache = ws_tensor(m, m->be->act_dtype, slots, kw);
-        mi->layers[l].v_cache = ws_tensor(m, m->be->act_dtype, slots, kw);
+        mi->layers[l].k_cache = loom_tensor_2d(pool + per * (size_t)(2 * l), t, slots, kw);
+        mi->layers[l].v_cache = loom_tensor_2d(pool + per * (size_t)(2 * l + 1), t, slots, kw);
     }
     int per_seq = (mi->max_model_len + block_size - 1) / block_size;
     if (per_seq > num_blocks) per_seq = num_blocks;
