@@ -102,7 +102,8 @@ static const struct loom_batch *pad_decode(struct model_impl *mi, const struct l
     while (mb < b->max_blocks_per_seq) mb *= 2;
     if (mb > mi->max_blocks_per_seq) mb = mi->max_blocks_per_seq;
     if (!mi->pad_decode || max_q != 1 || b->n_seqs != n || P > mi->max_seqs || P > mi->max_tokens ||
-        P > mi->max_logit_rows || mb < b->max_blocks_per_seq || (P == n && mb == b->max_blocks_per_seq))
+        P > mi->max_logit_rows || b->n_logits > n || mb < b->max_blocks_per_seq ||
+        (P == n && mb == b->max_blocks_per_seq))
         return b;
     *pb = *b;
     memcpy(mi->h_pad_tokens, b->token_ids, sizeof(int32_t) * (size_t)n);
