@@ -96,6 +96,14 @@ static int find_weight(struct loom_model *m, const struct loom_weight_spec *s, c
     return 0;
 }
 
+/* nbytes more of the weights are on the backend: the progress line moves */
+static void load_progress(struct model_impl *mi, size_t nbytes)
+{
+    if (!mi->load_progress) return;
+    mi->load_bytes += (long long)nbytes;
+    loom_progress_update(&mi->load_prog, mi->load_bytes >> 20);
+}
+
 static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, enum loom_dtype want,
                        struct loom_tensor *out)
 {
@@ -107,6 +115,7 @@ static int bind_weight(struct loom_model *m, const struct loom_weight_spec *s, e
     int64_t rows = s->ndim == 1 ? 1 : s->shape[0], cols = s->ndim == 1 ? s->shape[0] : s->shape[1];
     void *p = be->ops->upload_weights(be, t->data, t->nbytes);
     const bool copied = p != t->data; /* the CPU reads the mapping itself; a GPU gets a copy */
+    load_progress(mi, t->nbytes);
     struct loom_tensor w = loom_tensor_2d(p, t->dtype, rows, cols);
     if (want != LOOM_DTYPE_COUNT && want != t->dtype) {
         struct loom_tensor c = loom_tensor_2d(be->ops->alloc(be, (size_t)(rows * cols) * loom_dtype_size(want)), want,
@@ -165,6 +174,7 @@ static int bind_concat(struct loom_model *m, struct loom_weight_spec *const *sp,
             if (p != t[i]->data) be->ops->free(be, p);
         }
         be->ops->synchronize(be); /* the upload's staging is free again */
+        load_progress(mi, t[i]->nbytes);
         *pieces[i] = dst;
         off += rows * cols;
     }
@@ -196,6 +206,16 @@ static int bind_all(struct loom_model *m, enum loom_dtype want)
 
     /* the pieces of each layer's fused weights: q k v, bq bk bv, gate up */
     enum { P_Q, P_K, P_V, P_QB, P_KB, P_VB, P_GATE, P_UP, P_COUNT };
+    if (m->be->copies_weights) { /* copying gigabytes to a GPU takes seconds: show it */
+        long long total = 0;
+        for (int i = 0; i < n; i++) {
+            const struct loom_st_tensor *t = loom_safetensors_find(mi->st, specs[i].name);
+            if (t) total += (long long)t->nbytes;
+        }
+        mi->load_progress = true;
+        mi->load_bytes = 0;
+        loom_progress_begin(&mi->load_prog, "loading weights (MiB)", total >> 20);
+    }
     struct loom_weight_spec *(*piece)[P_COUNT] = loom_calloc((size_t)c->num_layers, sizeof(*piece));
     bool *skip = loom_calloc((size_t)n + 1, sizeof(bool));
     const char *fe = getenv("LOOM_FUSE_WEIGHTS");
@@ -377,7 +397,12 @@ int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_
         bool qwen = c->arch == LOOM_ARCH_QWEN2 || c->arch == LOOM_ARCH_QWEN3 || c->arch == LOOM_ARCH_QWEN3_MOE;
         L->sliding_window = c->sliding_window > 0 && (!qwen || l >= c->max_window_layers) ? c->sliding_window : 0;
     }
-    if ((s = bind_all(m, opts->weight_dtype))) {
+    s = bind_all(m, opts->weight_dtype);
+    if (mi->load_progress) {
+        loom_progress_end(&mi->load_prog);
+        mi->load_progress = false;
+    }
+    if (s) {
         loom_fail_context(s, "%s", dir);
         goto fail;
     }

@@ -7,6 +7,7 @@
 #ifndef LOOM_MODEL_INTERNAL_H
 #define LOOM_MODEL_INTERNAL_H
 
+#include "core/log.h"
 #include "format/safetensors.h"
 #include "model/model.h"
 
@@ -68,6 +69,11 @@ struct model_impl {
     int32_t *h_trace_ids;
     float *h_router_logits;           /* [T, E] host copy of the router logits, while tracing */
     int32_t *h_router_ids;            /* [T * k] host copy of the routing, while tracing */
+
+    /* a progress line while weights are copied to the backend (a GPU), in MiB */
+    bool load_progress;
+    struct loom_progress load_prog;
+    long long load_bytes;
 
     /* decode-step padding (forward.c; backends with replays_work): host copies of a padded batch */
     bool pad_decode;
