@@ -146,7 +146,7 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
     struct loom_backend *be = m->be;
     const struct loom_backend_ops *ops = be->ops;
     int max_q = 0, max_ctx = 0, s;
-    if ((s = validate(m, b, &max_q, &max_ctx))) return s;
+    if ((s = validate(m, b, &max_q, &max_ctx)) || (s = loom_model_check_sampling(m, b))) return s;
     const int n_out = b->n_logits; /* rows whose logits leave the forward pass */
     struct loom_batch padded;
     b = pad_decode(mi, b, max_q, &padded);

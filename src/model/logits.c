@@ -6,15 +6,16 @@
 #include "model/model_internal.h"
 #include "core/error.h"
 
-int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits, int n_out)
+/* The batch's backend-sampling rows: what the device will index with them must be in range. */
+int loom_model_check_sampling(const struct loom_model *m, const struct loom_batch *b)
 {
-    struct model_impl *mi = m->impl;
     const struct loom_model_config *c = &m->cfg;
-    struct loom_backend *be = m->be;
+    const struct loom_backend *be = m->be;
     const struct loom_backend_ops *ops = be->ops;
+    const int n_out = b->n_logits;
     if (b->sample && !ops->sample)
         return loom_fail(LOOM_EINVAL, "forward: backend sampling asked of the %s backend, which has none", be->name);
-    for (int r = 0; b->sample && r < n_out; r++) { /* the device indexes the row with these */
+    for (int r = 0; b->sample && r < n_out; r++) {
         const struct loom_sample_row *sr = &b->sample[r];
         if (sr->skip) continue;
         int64_t e1 = (int64_t)sr->edit0 + sr->n_mask + sr->n_bias + sr->n_rep + sr->n_sub;
@@ -28,6 +29,15 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
                 return loom_fail(LOOM_EINVAL, "forward: sampling row %d edits token %d (vocabulary %d)", r,
                                  b->edits[i].token, c->vocab_size);
     }
+    return 0;
+}
+
+int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits, int n_out)
+{
+    struct model_impl *mi = m->impl;
+    const struct loom_model_config *c = &m->cfg;
+    struct loom_backend *be = m->be;
+    const struct loom_backend_ops *ops = be->ops;
     if (b->n_logits > 0) {
         struct loom_tensor hl = ws_rows(mi->hl, b->n_logits);
         ops->gather_rows(be, hl, h, mi->d_logit_rows);

@@ -106,5 +106,7 @@ int loom_moe_block(struct loom_model *m, const struct model_layer *L, struct loo
 /* logits.c: logits of the rows b->logit_rows of h (the final normed hidden states) into logits; rows
  * from n_out on (padding) are computed with the others but neither downloaded nor sampled */
 int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct loom_tensor h, float *logits, int n_out);
+/* logits.c: LOOM_EINVAL unless b's backend-sampling rows (b->sample) are valid for this model */
+int loom_model_check_sampling(const struct loom_model *m, const struct loom_batch *b);
 
 #endif

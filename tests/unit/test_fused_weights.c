@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define BS 16
 #define NB 32
@@ -36,6 +37,51 @@ static void fill_slots(const int32_t *bt, int p0, int p1, int32_t *slots, int32_
         slots[p - p0] = bt[p / BS] * BS + p % BS;
         pos[p - p0] = p;
     }
+}
+
+/* Backend-sampling rows are checked before any work (model/logits.c): a backend without the op, edits
+ * past those given, a token outside the vocabulary, too many logprobs: each LOOM_EINVAL, nothing run.
+ * Where the backend samples, a valid row then gives a token of the vocabulary. b: a batch that ran. */
+static void check_sampling_rows(struct loom_model *m, const struct loom_batch *b0)
+{
+    const int V = m->cfg.vocab_size, n = b0->n_logits;
+    struct loom_sample_row rows[64];
+    struct loom_logit_edit edits[2] = {{V + 5, 1.0f}, {3, 2.0f}};
+    struct loom_sample_logprob lps[64 * (1 + LOOM_SAMPLE_MAX_LOGPROBS)];
+    int32_t tokens[64];
+    float *logits = loom_calloc((size_t)n, (size_t)V * sizeof(float));
+    for (int r = 0; r < n; r++) rows[r] = (struct loom_sample_row){.top_p = 1.0f, .logprobs = -1, .skip = 1};
+    struct loom_batch b = *b0;
+    b.sample = rows;
+    b.edits = edits;
+    b.n_edits = 2;
+    b.sampled = tokens;
+    b.sampled_lp = lps;
+    rows[n - 1].skip = 0;
+    if (!m->be->ops->sample) {
+        CHECK(loom_model_forward(m, &b, logits) == LOOM_EINVAL);
+        CHECK(strstr(loom_last_error(), "has none") != NULL);
+        free(logits);
+        return;
+    }
+    rows[n - 1].n_bias = 1; /* edit 0: token V + 5 */
+    CHECK(loom_model_forward(m, &b, logits) == LOOM_EINVAL);
+    CHECK(strstr(loom_last_error(), "edits token") != NULL);
+    rows[n - 1].edit0 = 1;
+    rows[n - 1].n_bias = 2; /* past the two edits given */
+    CHECK(loom_model_forward(m, &b, logits) == LOOM_EINVAL);
+    CHECK(strstr(loom_last_error(), "outside") != NULL);
+    rows[n - 1].n_bias = 1; /* edit 1 alone: valid */
+    rows[n - 1].logprobs = LOOM_SAMPLE_MAX_LOGPROBS + 1;
+    CHECK(loom_model_forward(m, &b, logits) == LOOM_EINVAL);
+    CHECK(strstr(loom_last_error(), "logprobs") != NULL);
+    rows[n - 1].logprobs = 2;
+    tokens[n - 1] = -7;
+    int st = loom_model_forward(m, &b, logits);
+    CHECK_MSG(st == 0, "a valid sampling row: %s", loom_last_error());
+    CHECK(tokens[n - 1] >= 0 && tokens[n - 1] < V);
+    CHECK(lps[(n - 1) * (1 + LOOM_SAMPLE_MAX_LOGPROBS)].token == tokens[n - 1]);
+    free(logits);
 }
 
 /* Runs the fixed script on a fresh load; returns the logits (NULL on a load failure). */
@@ -72,6 +118,7 @@ static float *run_script(struct loom_backend *be, const char *dir, enum loom_dty
                            .n_logits = L0 + L1, .logit_rows = rows};
     st = loom_model_forward(m, &b, out + off);
     CHECK_MSG(st == 0, "forward: %s", loom_last_error());
+    if (st == 0) check_sampling_rows(m, &b);
     off += (size_t)(L0 + L1) * V;
     /* decode steps: both sequences, then a alone (batch 1: the GEMV path on a GPU) */
     int la = L0, lb = L1; /* context lengths so far */
