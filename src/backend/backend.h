@@ -210,6 +210,9 @@ struct loom_backend_ops {
     void (*sample)(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
                    const struct loom_logit_edit *edits, int n_edits, int32_t *tokens,
                    struct loom_sample_logprob *lps);
+    /* Sets aside sample's device scratch for up to max_rows rows of vocab logits (logprobs included),
+     * so that steps allocate nothing; called once at model load, before the KV pool takes the rest. */
+    void (*sample_reserve)(struct loom_backend *be, int max_rows, int vocab);
 };
 
 struct loom_backend {

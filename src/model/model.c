@@ -420,6 +420,7 @@ int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_
     mi->logit_chunk = (int)(chunk < mi->max_logit_rows ? chunk : mi->max_logit_rows);
     mi->ffn_width = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
     alloc_workspace(m);
+    if (be->ops->sample_reserve) be->ops->sample_reserve(be, mi->max_logit_rows, c->vocab_size);
 
     float inv[512];
     compute_inv_freq(c, inv);

@@ -162,6 +162,7 @@ static struct loom_backend_ops cuda_ops_make(void)
     o->moe_experts = cuda_moe_experts;
     o->moe_workspace_bytes = cuda_moe_workspace_bytes;
     o->sample = cuda_sample;
+    o->sample_reserve = cuda_sample_reserve;
     return ops;
 }
 

@@ -284,6 +284,7 @@ void cuda_moe_experts(struct loom_backend *be, struct loom_tensor x, struct loom
 size_t cuda_moe_workspace_bytes(struct loom_backend *be, int max_rows, int k, int n_experts, int hidden, int inter);
 void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
                  const struct loom_logit_edit *edits, int n_edits, int32_t *tokens, struct loom_sample_logprob *lps);
+void cuda_sample_reserve(struct loom_backend *be, int max_rows, int vocab);
 void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
                     struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
                     int head_dim, float scale, int sliding_window);

@@ -362,6 +362,41 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 }
 
+static size_t al256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+/* Bytes of the sampler's device scratch for n rows of V logits and n_edits edits: rows, edits, tokens,
+ * logprobs, and (with logprobs) a copy of each raw row. */
+static size_t sample_bytes(int n, int n_edits, int V, bool want_lp)
+{
+    const size_t lp_per_row = 1 + LOOM_SAMPLE_MAX_LOGPROBS;
+    return al256(sizeof(struct loom_sample_row) * (size_t)n) + al256(sizeof(struct loom_logit_edit) * (size_t)n_edits) +
+           al256(sizeof(int32_t) * (size_t)n) +
+           (want_lp ? al256(sizeof(struct loom_sample_logprob) * lp_per_row * (size_t)n) +
+                          sizeof(float) * (size_t)V * (size_t)n
+                    : 0);
+}
+
+static void sample_grow(struct loom_backend *be, struct cuda_ctx *c, size_t need, bool slack)
+{
+    if (need <= c->sample_cap) return;
+    /* in a step only past what sample_reserve set aside at load (more edits than reserved), or without it */
+    if (c->sample_buf) be->ops->free(be, c->sample_buf);
+    c->sample_cap = !slack ? need : need * 2 > ((size_t)1 << 20) ? need * 2 : ((size_t)1 << 20);
+    c->sample_buf = be->ops->alloc(be, c->sample_cap);
+}
+
+/* edits set aside per reserve: a step's repetition-penalty tokens over all rows rarely exceed this */
+#define SAMPLE_RESERVE_EDITS (1 << 20)
+
+void cuda_sample_reserve(struct loom_backend *be, int max_rows, int vocab)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    sample_grow(be, c, sample_bytes(max_rows, SAMPLE_RESERVE_EDITS, vocab, true), false);
+}
+
 void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struct loom_sample_row *rows, int n,
                  const struct loom_logit_edit *edits, int n_edits, int32_t *tokens, struct loom_sample_logprob *lps)
 {
@@ -373,25 +408,18 @@ void cuda_sample(struct loom_backend *be, struct loom_tensor logits, const struc
     LOOM_ASSERT(!want_lp || lps);
     const int V = (int)logits.cols;
     const size_t lp_per_row = 1 + LOOM_SAMPLE_MAX_LOGPROBS;
-    auto up = [](size_t b) { return (b + 255) & ~(size_t)255; };
     const size_t rows_b = sizeof(*rows) * (size_t)n, edits_b = sizeof(*edits) * (size_t)n_edits,
-                 tok_b = sizeof(int32_t) * (size_t)n, lp_b = want_lp ? sizeof(*lps) * lp_per_row * (size_t)n : 0,
-                 raw_b = want_lp ? sizeof(float) * (size_t)V * (size_t)n : 0;
-    const size_t need = up(rows_b) + up(edits_b) + up(tok_b) + up(lp_b) + raw_b;
-    if (need > c->sample_cap) { /* grows rarely: the first steps, a long penalized prompt, logprob rows */
-        if (c->sample_buf) be->ops->free(be, c->sample_buf);
-        c->sample_cap = need * 2 > ((size_t)1 << 20) ? need * 2 : ((size_t)1 << 20);
-        c->sample_buf = be->ops->alloc(be, c->sample_cap);
-    }
+                 tok_b = sizeof(int32_t) * (size_t)n, lp_b = want_lp ? sizeof(*lps) * lp_per_row * (size_t)n : 0;
+    sample_grow(be, c, sample_bytes(n, n_edits, V, want_lp), true);
     unsigned char *d = (unsigned char *)c->sample_buf;
     struct loom_sample_row *d_rows = (struct loom_sample_row *)d;
-    d += up(rows_b);
+    d += al256(rows_b);
     struct loom_logit_edit *d_edits = (struct loom_logit_edit *)d;
-    d += up(edits_b);
+    d += al256(edits_b);
     int32_t *d_tokens = (int32_t *)d;
-    d += up(tok_b);
+    d += al256(tok_b);
     struct loom_sample_logprob *d_lps = (struct loom_sample_logprob *)d;
-    d += up(lp_b);
+    d += al256(lp_b);
     float *d_raw = (float *)d;
     be->ops->upload(be, d_rows, rows, rows_b);
     if (n_edits) be->ops->upload(be, d_edits, edits, edits_b);
