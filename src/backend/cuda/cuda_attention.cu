@@ -19,20 +19,6 @@
 #define ATTN_MAX_SPLITS 64
 #define ATTN_MAX_COUNTERS 4096
 
-struct attn_params {
-    void *out;
-    const void *q, *kc, *vc;
-    int64_t q_stride, out_stride, k_stride, v_stride; /* elements between rows */
-    const int32_t *query_start, *seq_lens, *block_tables;
-    int n_seqs, block_size, max_blocks;
-    int n_heads, n_kv_heads, head_dim, group;
-    float scale;
-    int window;
-    int n_splits;
-    int vec;       /* K/V rows 16-byte aligned: load them 16 bytes at a time */
-    float *ws;     /* [n_tokens, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
-    int *counters; /* [n_tokens * n_kv_heads] zero between launches: splits done so far */
-};
 
 static size_t attn_smem_bytes(int group, int head_dim)
 {
@@ -42,7 +28,7 @@ static size_t attn_smem_bytes(int group, int head_dim)
     return f * sizeof(float);
 }
 
-template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params P)
+template <typename T> __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct cuda_attn_params P)
 {
     PDL_PROLOGUE();
     extern __shared__ float sm[];
@@ -238,7 +224,7 @@ void cuda_attention_init(struct cuda_ctx *c)
 }
 
 template <typename T>
-static void attn_launch(struct cuda_ctx *c, const struct attn_params *P, int n_tokens, size_t smem)
+static void attn_launch(struct cuda_ctx *c, const struct cuda_attn_params *P, int n_tokens, size_t smem)
 {
     dim3 grid(n_tokens, P->n_kv_heads, P->n_splits);
     cuda_launch(c, attn_kernel<T>, grid, dim3(ATTN_THREADS), smem, *P);
@@ -261,10 +247,8 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     int n_tokens = meta->n_tokens;
     if (n_tokens == 0) return;
     LOOM_ASSERT(q.rows >= n_tokens && out.rows >= n_tokens && meta->n_seqs > 0);
-    if (cuda_attention_tc(c, out, q, k_cache, v_cache, meta, n_heads, n_kv_heads, head_dim, scale, sliding_window))
-        return; /* a prefill step on tensor cores */
 
-    struct attn_params P;
+    struct cuda_attn_params P;
     memset(&P, 0, sizeof P); /* padding too: launches are recorded and compared as bytes */
     P.out = out.data;
     P.q = q.data;
@@ -291,6 +275,8 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     size_t es = loom_dtype_size(q.dtype);
     P.vec = head_dim * es % 16 == 0 && k_cache.stride * es % 16 == 0 && v_cache.stride * es % 16 == 0 &&
             aligned16(k_cache.data) && aligned16(v_cache.data);
+
+    if (cuda_attention_tc(c, &P, meta, q.dtype)) return; /* a prefill step on tensor cores */
 
     size_t smem = attn_smem_bytes(P.group, head_dim);
     LOOM_ASSERT(smem <= c->smem_optin);

@@ -19,14 +19,6 @@ using namespace nvcuda;
 #define TC_THREADS 128
 #define TC_MIN_QUERY 16 /* steps whose longest query run is shorter keep the per-token kernel */
 
-struct tc_params {
-    void *out;
-    const void *q, *kc, *vc;
-    int64_t q_stride, out_stride, k_stride, v_stride; /* elements between rows */
-    const int32_t *query_start, *seq_lens, *block_tables;
-    int block_size, max_blocks, group, window;
-    float scale_log2; /* scale * log2(e): the softmax runs in base 2 */
-};
 
 template <int D> struct tc_layout {
     static constexpr int LD = D + 8;        /* Q, K, V rows (16-bit elements) */
@@ -44,7 +36,7 @@ template <int D> struct tc_layout {
     static constexpr size_t bytes = m_off + 3 * TC_Q * 4 + TC_KV * 4; /* m, l, alpha per row; slots */
 };
 
-template <typename T, int D> __global__ void __launch_bounds__(TC_THREADS) attn_tc_kernel(struct tc_params P)
+template <typename T, int D> __global__ void __launch_bounds__(TC_THREADS) attn_tc_kernel(struct cuda_attn_params P)
 {
     PDL_PROLOGUE();
     typedef tc_layout<D> Lt;
@@ -62,6 +54,7 @@ template <typename T, int D> __global__ void __launch_bounds__(TC_THREADS) attn_
     const int ctx = P.seq_lens[s], pos0 = ctx - q_len + q0; /* position of this block's first query */
     const int nq = q_len - q0 < TC_Q ? q_len - q0 : TC_Q;
     const int kvh = h / P.group, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float scale_log2 = P.scale * 1.4426950408889634f; /* the softmax runs in base 2 */
     const int32_t *bt = P.block_tables + (int64_t)s * P.max_blocks;
     constexpr int VEC = 8; /* 16-bit elements per 16-byte load */
 
@@ -129,7 +122,7 @@ template <typename T, int D> __global__ void __launch_bounds__(TC_THREADS) attn_
             for (int c = 0; c < 32; c++) {
                 const int p = kv0 + half * 32 + c;
                 const bool ok = row_ok && p <= qpos && (P.window <= 0 || p > qpos - P.window);
-                v[c] = ok ? srow[c] * P.scale_log2 : -INFINITY;
+                v[c] = ok ? srow[c] * scale_log2 : -INFINITY;
                 mx = fmaxf(mx, v[c]);
             }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -206,9 +199,9 @@ void cuda_attention_tc_init(struct cuda_ctx *c)
 }
 
 template <typename T, int D>
-static void tc_launch(struct cuda_ctx *c, const struct tc_params *P, const struct loom_attn_meta *meta, int n_heads)
+static void tc_launch(struct cuda_ctx *c, const struct cuda_attn_params *P, const struct loom_attn_meta *meta)
 {
-    dim3 grid((unsigned)((meta->max_query_len + TC_Q - 1) / TC_Q), (unsigned)n_heads, (unsigned)meta->n_seqs);
+    dim3 grid((unsigned)((meta->max_query_len + TC_Q - 1) / TC_Q), (unsigned)P->n_heads, (unsigned)meta->n_seqs);
     cuda_launch(c, attn_tc_kernel<T, D>, grid, dim3(TC_THREADS), tc_layout<D>::bytes, *P);
 }
 
@@ -217,40 +210,21 @@ static bool al16(const void *p, int64_t stride, size_t es)
     return ((uintptr_t)p & 15) == 0 && (stride * (int64_t)es) % 16 == 0;
 }
 
-bool cuda_attention_tc(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
-                       struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
-                       int head_dim, float scale, int sliding_window)
+bool cuda_attention_tc(struct cuda_ctx *c, const struct cuda_attn_params *P, const struct loom_attn_meta *meta,
+                       enum loom_dtype dtype)
 {
-    if (!c->tc_attn || meta->max_query_len < TC_MIN_QUERY || (head_dim != 64 && head_dim != 128) ||
-        (q.dtype != LOOM_DTYPE_BF16 && q.dtype != LOOM_DTYPE_F16) || meta->n_seqs > 65535)
+    const int D = P->head_dim;
+    if (!c->tc_attn || meta->max_query_len < TC_MIN_QUERY || (D != 64 && D != 128) ||
+        (dtype != LOOM_DTYPE_BF16 && dtype != LOOM_DTYPE_F16) || meta->n_seqs > 65535)
         return false;
     const size_t es = 2;
-    if (!al16(q.data, q.stride, es) || !al16(k_cache.data, k_cache.stride, es) || !al16(v_cache.data, v_cache.stride, es))
-        return false;
-    struct tc_params P;
-    memset(&P, 0, sizeof P); /* launches are recorded and compared as bytes */
-    P.out = out.data;
-    P.q = q.data;
-    P.kc = k_cache.data;
-    P.vc = v_cache.data;
-    P.q_stride = q.stride;
-    P.out_stride = out.stride;
-    P.k_stride = k_cache.stride;
-    P.v_stride = v_cache.stride;
-    P.query_start = meta->query_start;
-    P.seq_lens = meta->seq_lens;
-    P.block_tables = meta->block_tables;
-    P.block_size = meta->block_size;
-    P.max_blocks = meta->max_blocks_per_seq;
-    P.group = n_heads / n_kv_heads;
-    P.window = sliding_window;
-    P.scale_log2 = scale * 1.4426950408889634f;
-    if (q.dtype == LOOM_DTYPE_BF16) {
-        if (head_dim == 64) tc_launch<__nv_bfloat16, 64>(c, &P, meta, n_heads);
-        else tc_launch<__nv_bfloat16, 128>(c, &P, meta, n_heads);
+    if (!al16(P->q, P->q_stride, es) || !al16(P->kc, P->k_stride, es) || !al16(P->vc, P->v_stride, es)) return false;
+    if (dtype == LOOM_DTYPE_BF16) {
+        if (D == 64) tc_launch<__nv_bfloat16, 64>(c, P, meta);
+        else tc_launch<__nv_bfloat16, 128>(c, P, meta);
     } else {
-        if (head_dim == 64) tc_launch<__half, 64>(c, &P, meta, n_heads);
-        else tc_launch<__half, 128>(c, &P, meta, n_heads);
+        if (D == 64) tc_launch<__half, 64>(c, P, meta);
+        else tc_launch<__half, 128>(c, P, meta);
     }
     return true;
 }

@@ -289,10 +289,27 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
                     struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
                     int head_dim, float scale, int sliding_window);
 void cuda_attention_init(struct cuda_ctx *c);
+
+/* The arguments of both paged-attention kernels (filled once by cuda_attention, passed by value; the
+ * split fields only matter to the per-token kernel). */
+struct cuda_attn_params {
+    void *out;
+    const void *q, *kc, *vc;
+    int64_t q_stride, out_stride, k_stride, v_stride; /* elements between rows */
+    const int32_t *query_start, *seq_lens, *block_tables;
+    int n_seqs, block_size, max_blocks;
+    int n_heads, n_kv_heads, head_dim, group;
+    float scale;
+    int window;
+    int n_splits;
+    int vec;       /* K/V rows 16-byte aligned: load them 16 bytes at a time */
+    float *ws;     /* [n_tokens, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
+    int *counters; /* [n_tokens * n_kv_heads] zero between launches: splits done so far */
+};
+
 /* cuda_attention_tc.cu: the tensor-core prefill path; false when the step or shapes are not its own */
 void cuda_attention_tc_init(struct cuda_ctx *c);
-bool cuda_attention_tc(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor q, struct loom_tensor k_cache,
-                       struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
-                       int head_dim, float scale, int sliding_window);
+bool cuda_attention_tc(struct cuda_ctx *c, const struct cuda_attn_params *P, const struct loom_attn_meta *meta,
+                       enum loom_dtype dtype);
 
 #endif
