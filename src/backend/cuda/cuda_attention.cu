@@ -13,7 +13,6 @@
 #include "backend/cuda/cuda_common.h"
 
 #include <float.h>
-#include <stdlib.h>
 
 #define ATTN_TILE 32
 #define ATTN_THREADS 128
@@ -219,13 +218,6 @@ void cuda_attention_init(struct cuda_ctx *c)
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    const char *e = getenv("LOOM_CUDA_ATTN_CARVEOUT"); /* experiment switch: the attention kernels' split only */
-    if (e && *e) {
-        int pct = atoi(e);
-        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributePreferredSharedMemoryCarveout, pct));
-        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__half>, cudaFuncAttributePreferredSharedMemoryCarveout, pct));
-        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__nv_bfloat16>, cudaFuncAttributePreferredSharedMemoryCarveout, pct));
-    }
     CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, ATTN_MAX_COUNTERS * sizeof(int)));
     CUDA_CHECK(cudaMemset(c->attn_counters, 0, ATTN_MAX_COUNTERS * sizeof(int)));
     cuda_attention_tc_init(c);

@@ -201,8 +201,8 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     c->f32_exact = true;
     /* Default math: no TF32 for fp32 products; bf16/fp16 products accumulate in fp32 (CUBLAS_COMPUTE_32F). */
     CUBLAS_CHECK(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
-    cuda_rec_init(c); /* first: it reads the launch switches */
     cuda_attention_init(c);
+    cuda_rec_init(c);
 
     struct loom_backend *be = (struct loom_backend *)loom_calloc(1, sizeof(*be));
     static const struct loom_backend_ops cuda_ops = cuda_ops_make(); /* C++: initialized once, thread-safe */

@@ -104,10 +104,6 @@ struct cuda_ctx {
     void *sample_buf;            /* cuda_sample.cu: its rows, edits and tokens (grown on demand) */
     size_t sample_cap;
 
-    int carveout;                /* LOOM_CUDA_CARVEOUT=percent: every kernel's preferred shared-memory carveout (-1: the driver's choice) */
-    const void *carveout_set[128]; /* kernels that have it already */
-    int n_carveout_set;
-
     bool graphs;                 /* record and replay (LOOM_CUDA_GRAPHS=0 turns it off) */
     bool pdl;                    /* launch recorded kernels with programmatic dependent launch (LOOM_CUDA_PDL=0: off) */
     struct cuda_rec *recs;       /* [cap_recs] the pending segment */
@@ -189,7 +185,6 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 
 void cuda_rec_init(struct cuda_ctx *c);
-void cuda_func_carveout(struct cuda_ctx *c, const void *func);
 void cuda_rec_free(struct cuda_ctx *c);
 void cuda_prof_add(struct cuda_ctx *c, const void *func, const char *name, double ms);
 /* Issues the pending segment (a graph replay, a new graph, or op by op). */
@@ -211,7 +206,6 @@ static inline void cuda_launch(struct cuda_ctx *c, void (*kern)(KA...), dim3 gri
 {
     static_assert(sizeof...(KA) == sizeof...(A), "kernel argument count");
     static_assert(sizeof...(KA) <= CUDA_REC_MAX_ARGS, "too many kernel arguments");
-    if (c->carveout >= 0) cuda_func_carveout(c, (const void *)kern);
     if (!c->graphs) {
         kern<<<grid, block, smem, c->stream>>>(args...);
         CUDA_LAUNCH_CHECK();

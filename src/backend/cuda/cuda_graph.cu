@@ -21,18 +21,6 @@
 #define BLOB_CAP (4u << 20)
 #define REC_ARG_RESERVE 4096 /* the most one launch's arguments may take (CUDA's own limit) */
 
-/* The L1 / shared-memory split each kernel prefers. The driver otherwise picks, per kernel, the split
- * that maximizes its occupancy, and an SM whose split changes between consecutive kernels must drain
- * first; one split for every kernel avoids that (an experiment switch, LOOM_CUDA_CARVEOUT). */
-void cuda_func_carveout(struct cuda_ctx *c, const void *func)
-{
-    for (int i = 0; i < c->n_carveout_set; i++)
-        if (c->carveout_set[i] == func) return;
-    CUDA_CHECK(cudaFuncSetAttribute(func, cudaFuncAttributePreferredSharedMemoryCarveout, c->carveout));
-    if (c->n_carveout_set < (int)(sizeof c->carveout_set / sizeof c->carveout_set[0]))
-        c->carveout_set[c->n_carveout_set++] = func;
-}
-
 void cuda_rec_init(struct cuda_ctx *c)
 {
     const char *e = getenv("LOOM_CUDA_GRAPHS");
@@ -49,8 +37,6 @@ void cuda_rec_init(struct cuda_ctx *c)
         c->prof_ev = (cudaEvent_t *)loom_malloc(sizeof(cudaEvent_t) * 2 * REC_CAP);
         for (int i = 0; i < 2 * REC_CAP; i++) CUDA_CHECK(cudaEventCreate(&c->prof_ev[i]));
     }
-    e = getenv("LOOM_CUDA_CARVEOUT");
-    c->carveout = e && *e ? atoi(e) : -1;
     c->cap_recs = REC_CAP;
     c->recs = (struct cuda_rec *)loom_malloc(sizeof(struct cuda_rec) * REC_CAP);
     c->blob_cap = BLOB_CAP;
