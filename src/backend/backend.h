@@ -122,6 +122,21 @@ struct loom_logit_edit {
     float value;
 };
 
+/* A product with its neighbours fused in (the optional op matmul_fused): out = f(x) @ w^T (+ bias), where
+ * f(x) = rmsnorm(x) * norm (eps) when norm is non-NULL (the sublayer's pre-norm, computed as rmsnorm
+ * would, rounded to x's dtype), else x. With accumulate, out += that product, the product rounded to
+ * out's dtype first (as matmul into a temporary and then the residual add would). With silu_pairs, w
+ * has 2m rows, gate rows then up rows, and out (m columns) = silu(gate product) * (up product), each
+ * product rounded to out's dtype first (as matmul then silu_mul would). */
+struct loom_matmul_fused {
+    struct loom_tensor out, x, w;
+    const struct loom_tensor *bias;
+    const struct loom_tensor *norm;
+    float eps;
+    bool accumulate;
+    bool silu_pairs;
+};
+
 struct loom_backend;
 
 struct loom_backend_ops {
@@ -213,6 +228,21 @@ struct loom_backend_ops {
     /* Sets aside sample's device scratch for up to max_rows rows of vocab logits (logprobs included),
      * so that steps allocate nothing; called once at model load, before the KV pool takes the rest. */
     void (*sample_reserve)(struct loom_backend *be, int max_rows, int vocab);
+    /* The product f describes (struct loom_matmul_fused), in one op. Returns false, having done
+     * nothing, where the backend has no fused form for these shapes: the caller then runs the
+     * separate ops. */
+    bool (*matmul_fused)(struct loom_backend *be, const struct loom_matmul_fused *f);
+    /* A decode step's qkv_rope_store and attention in one op (every sequence has exactly one new
+     * token: meta->max_query_len == 1, n_tokens == n_seqs). Arguments as those two ops take them;
+     * q is qkv's first n_heads * head_dim columns. Afterwards the caches hold what qkv_rope_store
+     * would have written and out what attention would have; qkv's contents are unspecified.
+     * Returns false, having done nothing, where it does not apply. */
+    bool (*decode_attention)(struct loom_backend *be, struct loom_tensor out, struct loom_tensor qkv,
+                             const int32_t *positions, const int32_t *slot_mapping, int n_heads, int n_kv_heads,
+                             int head_dim, struct loom_tensor inv_freq, const struct loom_tensor *q_norm,
+                             const struct loom_tensor *k_norm, float eps, struct loom_tensor k_cache,
+                             struct loom_tensor v_cache, const struct loom_attn_meta *meta, float scale,
+                             int sliding_window);
 };
 
 struct loom_backend {

@@ -139,6 +139,12 @@ static const struct loom_batch *pad_decode(struct model_impl *mi, const struct l
     return pb;
 }
 
+/* The backend's fused form of a product, where it has one (false: the caller runs the separate ops). */
+static bool fused(const struct model_impl *mi, struct loom_backend *be, struct loom_matmul_fused f)
+{
+    return mi->fuse_ops && be->ops->matmul_fused && be->ops->matmul_fused(be, &f);
+}
+
 int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *logits)
 {
     struct model_impl *mi = m->impl;
@@ -171,34 +177,60 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
                        k = ws_rows(mi->k, n), v = ws_rows(mi->v, n), attn = ws_rows(mi->attn, n), o = ws_rows(mi->o, n);
     const float scale = (float)(1.0 / sqrt((double)D));
     bool pending = false; /* o holds a sublayer output not yet added into x */
+    const bool decode = max_q == 1 && n == S; /* every sequence one new token */
 
     ops->embedding(be, x, mi->embed, mi->d_tokens);
     for (int l = 0; l < c->num_layers; l++) {
         const struct model_layer *L = &mi->layers[l];
-        if (pending) ops->add_rmsnorm(be, x, o, h, L->attn_norm, c->rms_norm_eps);
-        else ops->rmsnorm(be, h, x, L->attn_norm, c->rms_norm_eps);
-
-        if (L->wqkv.data) { /* one product into q | k | v */
-            ops->matmul(be, qkv, h, L->wqkv, L->bqkv.data ? &L->bqkv : NULL);
-        } else { /* three, into the column ranges of the same rows */
-            ops->matmul(be, q, h, L->wq, L->bq.data ? &L->bq : NULL);
-            ops->matmul(be, k, h, L->wk, L->bk.data ? &L->bk : NULL);
-            ops->matmul(be, v, h, L->wv, L->bv.data ? &L->bv : NULL);
+        const struct loom_tensor *bqkv = L->bqkv.data ? &L->bqkv : NULL;
+        /* q|k|v = rmsnorm(x) Wqkv: the norm inside the product where the backend fuses it */
+        if (!(!pending && L->wqkv.data &&
+              fused(mi, be, (struct loom_matmul_fused){.out = qkv, .x = x, .w = L->wqkv, .bias = bqkv,
+                                                       .norm = &L->attn_norm, .eps = c->rms_norm_eps}))) {
+            if (pending) ops->add_rmsnorm(be, x, o, h, L->attn_norm, c->rms_norm_eps);
+            else ops->rmsnorm(be, h, x, L->attn_norm, c->rms_norm_eps);
+            if (L->wqkv.data) { /* one product into q | k | v */
+                ops->matmul(be, qkv, h, L->wqkv, bqkv);
+            } else { /* three, into the column ranges of the same rows */
+                ops->matmul(be, q, h, L->wq, L->bq.data ? &L->bq : NULL);
+                ops->matmul(be, k, h, L->wk, L->bk.data ? &L->bk : NULL);
+                ops->matmul(be, v, h, L->wv, L->bv.data ? &L->bv : NULL);
+            }
         }
-        ops->qkv_rope_store(be, qkv, mi->d_positions, mi->d_slots, NH, NKV, D, mi->inv_freq,
-                            c->qk_norm ? &L->q_norm : NULL, c->qk_norm ? &L->k_norm : NULL, c->rms_norm_eps,
-                            L->k_cache, L->v_cache);
-        ops->attention(be, attn, q, L->k_cache, L->v_cache, &meta, NH, NKV, D, scale, L->sliding_window);
-        ops->matmul(be, o, attn, L->wo, L->bo.data ? &L->bo : NULL);
-        ops->add_rmsnorm(be, x, o, h, L->mlp_norm, c->rms_norm_eps);
+        pending = false;
 
-        if (L->moe) {
-            if ((s = loom_moe_block(m, L, x, h, n))) return s;
-            pending = false;
+        const struct loom_tensor *qn = c->qk_norm ? &L->q_norm : NULL, *kn = c->qk_norm ? &L->k_norm : NULL;
+        if (!(mi->fuse_ops && decode && ops->decode_attention &&
+              ops->decode_attention(be, attn, qkv, mi->d_positions, mi->d_slots, NH, NKV, D, mi->inv_freq, qn, kn,
+                                    c->rms_norm_eps, L->k_cache, L->v_cache, &meta, scale, L->sliding_window))) {
+            ops->qkv_rope_store(be, qkv, mi->d_positions, mi->d_slots, NH, NKV, D, mi->inv_freq, qn, kn,
+                                c->rms_norm_eps, L->k_cache, L->v_cache);
+            ops->attention(be, attn, q, L->k_cache, L->v_cache, &meta, NH, NKV, D, scale, L->sliding_window);
+        }
+        /* x += attn Wo: the residual add inside the product where the backend fuses it */
+        const struct loom_tensor *bo = L->bo.data ? &L->bo : NULL;
+        if (!fused(mi, be, (struct loom_matmul_fused){.out = x, .x = attn, .w = L->wo, .bias = bo, .accumulate = true})) {
+            ops->matmul(be, o, attn, L->wo, bo);
+            pending = true;
+        }
+
+        const int I = c->intermediate_size;
+        struct loom_tensor gu = ws_view(mi->gate_up, n, 2 * (int64_t)I);
+        struct loom_tensor g = loom_tensor_cols(gu, 0, I), u = loom_tensor_cols(gu, I, I);
+        /* dense: g = silu(rmsnorm(x) Wg) * (rmsnorm(x) Wu) in one product where the backend fuses it */
+        if (!L->moe && !pending && L->gate_up.data &&
+            fused(mi, be, (struct loom_matmul_fused){.out = ws_view(mi->gate_up, n, I), .x = x, .w = L->gate_up,
+                                                     .norm = &L->mlp_norm, .eps = c->rms_norm_eps,
+                                                     .silu_pairs = true})) {
+            g = ws_view(mi->gate_up, n, I); /* contiguous: the product wrote n x I */
         } else {
-            const int I = c->intermediate_size;
-            struct loom_tensor gu = ws_view(mi->gate_up, n, 2 * (int64_t)I);
-            struct loom_tensor g = loom_tensor_cols(gu, 0, I), u = loom_tensor_cols(gu, I, I);
+            if (pending) ops->add_rmsnorm(be, x, o, h, L->mlp_norm, c->rms_norm_eps);
+            else ops->rmsnorm(be, h, x, L->mlp_norm, c->rms_norm_eps);
+            pending = false;
+            if (L->moe) {
+                if ((s = loom_moe_block(m, L, x, h, n))) return s;
+                continue;
+            }
             if (L->gate_up.data) {
                 ops->matmul(be, gu, h, L->gate_up, NULL);
             } else {
@@ -206,6 +238,8 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
                 ops->matmul(be, u, h, L->up, NULL);
             }
             ops->silu_mul(be, g, g, u); /* in place into the gate half; down reads it strided */
+        }
+        if (!fused(mi, be, (struct loom_matmul_fused){.out = x, .x = g, .w = L->down, .accumulate = true})) {
             ops->matmul(be, o, g, L->down, NULL);
             pending = true;
         }

@@ -412,6 +412,8 @@ int loom_model_load(const char *dir, struct loom_backend *be, const struct loom_
     mi->max_seqs = opts->max_batch_seqs;
     const char *pad = getenv("LOOM_PAD_DECODE"); /* 0 / 1 override the backend's choice (comparisons, tests) */
     mi->pad_decode = pad ? strcmp(pad, "0") != 0 : be->replays_work;
+    const char *fuse = getenv("LOOM_FUSE_OPS"); /* 0: never the optional fused ops (comparisons, tests) */
+    mi->fuse_ops = !(fuse && !strcmp(fuse, "0"));
     mi->max_logit_rows = opts->max_logit_rows > 0 ? opts->max_logit_rows : opts->max_batch_tokens;
     mi->max_model_len = opts->max_model_len > 0 ? opts->max_model_len : c->max_position_embeddings;
     if (mi->max_model_len <= 0) mi->max_model_len = 1 << 20;

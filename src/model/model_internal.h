@@ -77,6 +77,7 @@ struct model_impl {
 
     /* decode-step padding (forward.c; backends with replays_work): host copies of a padded batch */
     bool pad_decode;
+    bool fuse_ops;  /* use the backend's optional matmul_fused / decode_attention where it has them */
     int32_t *h_pad_tokens, *h_pad_positions, *h_pad_slots, *h_pad_query_start, *h_pad_seq_lens, *h_pad_logit_rows;
     int32_t *h_pad_block_tables; /* [max_seqs * max_blocks_per_seq] (alloc_kv) */
 

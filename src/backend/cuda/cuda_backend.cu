@@ -163,6 +163,8 @@ static struct loom_backend_ops cuda_ops_make(void)
     o->moe_workspace_bytes = cuda_moe_workspace_bytes;
     o->sample = cuda_sample;
     o->sample_reserve = cuda_sample_reserve;
+    o->matmul_fused = cuda_matmul_fused;
+    o->decode_attention = cuda_decode_attention;
     return ops;
 }
 

@@ -289,6 +289,14 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
                     struct loom_tensor v_cache, const struct loom_attn_meta *meta, int n_heads, int n_kv_heads,
                     int head_dim, float scale, int sliding_window);
 void cuda_attention_init(struct cuda_ctx *c);
+bool cuda_matmul_fused(struct loom_backend *be, const struct loom_matmul_fused *f); /* cuda_matmul.cu */
+/* cuda_attention_decode.cu */
+bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor qkv,
+                           const int32_t *positions, const int32_t *slot_mapping, int n_heads, int n_kv_heads,
+                           int head_dim, struct loom_tensor inv_freq, const struct loom_tensor *q_norm,
+                           const struct loom_tensor *k_norm, float eps, struct loom_tensor k_cache,
+                           struct loom_tensor v_cache, const struct loom_attn_meta *meta, float scale,
+                           int sliding_window);
 
 /* The arguments of both paged-attention kernels (filled once by cuda_attention, passed by value; the
  * split fields only matter to the per-token kernel). */
