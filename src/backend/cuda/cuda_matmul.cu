@@ -86,134 +86,242 @@ __global__ void add_bias_kernel(void *out, int odt, int64_t ostride, const void 
 
 /* ---- small batches (decode): one warp per output row, 16-byte loads of w, fp32 accumulate ----
  * Memory-bound: w is read once per call; x (at most GEMV_MAX_N rows) stays in L1/L2. Needs k, the row
- * strides and the pointers aligned to 8 elements (16 bytes); cuBLAS takes the rest. */
+ * strides and the pointers aligned to 8 elements (16 bytes); cuBLAS takes the rest.
+ * The same kernel does matmul_fused's forms (struct loom_matmul_fused): the sublayer's RMS norm as a
+ * prologue (each block normalizes the x rows into shared memory: k <= GEMV_NORM_MAX_K), and as the
+ * epilogue either the residual add (out += product) or the SwiGLU product of a gate row and its up row.
+ * The first slices of w are loaded before the wait for the previous kernel (weights are never written
+ * by a step), so under PDL they are in flight while that kernel drains.
+ * A row of x gets the same arithmetic whatever the number of rows: its product does not depend on the
+ * batch it is in. */
 #define GEMV_MAX_N 8
 #define GEMV_WARPS 4
 #define GEMV_BATCH 4
+#define GEMV_NORM_MAX_K 2048
 
-template <typename TW, typename TX, int NB, int KW>
-__global__ void __launch_bounds__(32 * GEMV_WARPS)
-    gemv_kernel(void *out, int odt, int64_t ostride, const TX *__restrict__ x, int64_t xstride,
-                const TW *__restrict__ w, int64_t wstride, const void *bias, int bdt, int m, int k)
+enum { GEMV_STORE, GEMV_ACCUMULATE, GEMV_SILU_PAIRS };
+
+struct gemv_args {
+    void *out;
+    int64_t ostride;
+    int odt;
+    int n, m, k;       /* rows of x; outputs per row (rows of w, or gate/up row pairs); dot length */
+    const void *x;
+    int64_t xstride;
+    const void *w;
+    int64_t wstride;
+    int64_t pair;      /* GEMV_SILU_PAIRS: output j is rows j and j + pair of w */
+    const void *bias;  /* or NULL */
+    int bdt;
+    const void *norm;  /* the RMS norm's weight [k] (NORM) */
+    int ndt;
+    float eps;
+};
+
+__device__ __forceinline__ float gemv_round(int dt, float v)
 {
-    PDL_PROLOGUE();
-    /* KW warps share a row (long k): each takes every KW-th 256-element slice, then they add up */
+    if (dt == LOOM_DTYPE_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    if (dt == LOOM_DTYPE_F16) return __half2float(__float2half_rn(v));
+    return v;
+}
+
+template <typename T> __device__ __forceinline__ uint4 pack8(const float *f)
+{
+    uint4 v;
+    T *h = (T *)&v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) h[i] = from_f<T>(f[i]);
+    return v;
+}
+
+/* NB: rows of x a launch may have (1, 2, 4 or 8; a.n <= NB). KW warps share a row of w (long k): each
+ * takes every KW-th 256-element slice, then they add up. */
+template <typename TW, typename TX, int NB, int KW, bool NORM, int EPI>
+__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args a)
+{
+    constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1; /* rows of w per output */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (GEMV_WARPS / KW) + warp / KW, part = warp % KW;
-    float acc[NB];
+    const int k = a.k, n = a.n;
+    const bool live = row < a.m;
+    const int step = 256 * KW, c_first = (part * 32 + lane) * 8;
+    const TW *wr[NR];
 #pragma unroll
-    for (int b = 0; b < NB; b++) acc[b] = 0.f;
-    if (row < m) {
-        /* GEMV_BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any
-         * is used: one memory round trip per batch instead of one per slice */
-        const TW *wr = w + (int64_t)row * wstride;
-        const int step = 256 * KW;
-        for (int c0 = (part * 32 + lane) * 8; c0 < k; c0 += GEMV_BATCH * step) {
-            uint4 wv[GEMV_BATCH], xv[GEMV_BATCH][NB <= 2 ? NB : 1];
+    for (int r = 0; r < NR; r++) wr[r] = (const TW *)a.w + (row + r * a.pair) * a.wstride;
+
+    /* GEMV_BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any is
+     * used: one memory round trip per batch instead of one per slice */
+    uint4 wv[GEMV_BATCH][NR];
+#pragma unroll
+    for (int u = 0; u < GEMV_BATCH; u++) {
+        int c = c_first + u * step;
+#pragma unroll
+        for (int r = 0; r < NR; r++) wv[u][r] = live && c < k ? __ldg((const uint4 *)(wr[r] + c)) : make_uint4(0, 0, 0, 0);
+    }
+    PDL_PROLOGUE();
+
+    const TX *x = (const TX *)a.x;
+    int64_t xstride = a.xstride;
+    if constexpr (NORM) {
+        /* x rows -> shared memory, their sums of squares, then rmsnorm(x) * norm rounded to TX in place */
+        extern __shared__ uint4 gemv_xs[];
+        __shared__ float part_ss[GEMV_WARPS][NB];
+        TX *xs = (TX *)gemv_xs;
+        float ss[NB];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            ss[b] = 0.f;
+            if (b >= n) continue;
+            for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
+                uint4 v = *(const uint4 *)(x + b * xstride + c);
+                *(uint4 *)(xs + b * k + c) = v;
+                float f[8];
+                unpack8(v, f, (const TX *)0);
+#pragma unroll
+                for (int j = 0; j < 8; j++) ss[b] = fmaf(f[j], f[j], ss[b]);
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
+            if (lane == 0) part_ss[warp][b] = ss[b];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            if (b >= n) continue;
+            float t = 0.f;
+#pragma unroll
+            for (int q = 0; q < GEMV_WARPS; q++) t += part_ss[q][b];
+            const float inv = rsqrtf(t / (float)k + a.eps);
+            for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
+                float f[8];
+                unpack8(*(const uint4 *)(xs + b * k + c), f, (const TX *)0);
+#pragma unroll
+                for (int j = 0; j < 8; j++) f[j] = f[j] * inv * ld_f(a.norm, a.ndt, c + j);
+                *(uint4 *)(xs + b * k + c) = pack8<TX>(f);
+            }
+        }
+        __syncthreads();
+        x = xs;
+        xstride = k;
+    }
+
+    float acc[NR][NB];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+    if (live) {
+        for (int c0 = c_first; c0 < k; c0 += GEMV_BATCH * step) {
+            uint4 xv[GEMV_BATCH][NB <= 2 ? NB : 1];
 #pragma unroll
             for (int u = 0; u < GEMV_BATCH; u++) {
                 int c = c0 + u * step;
-                wv[u] = make_uint4(0, 0, 0, 0);
-                if (c < k) wv[u] = __ldg((const uint4 *)(wr + c));
+                if (c0 != c_first)
+#pragma unroll
+                    for (int r = 0; r < NR; r++)
+                        wv[u][r] = c < k ? __ldg((const uint4 *)(wr[r] + c)) : make_uint4(0, 0, 0, 0);
                 if constexpr (NB <= 2) {
 #pragma unroll
-                    for (int b = 0; b < NB; b++) {
-                        xv[u][b] = make_uint4(0, 0, 0, 0);
-                        if (c < k) xv[u][b] = *(const uint4 *)(x + b * xstride + c);
-                    }
+                    for (int b = 0; b < NB; b++)
+                        xv[u][b] = c < k && b < n ? *(const uint4 *)(x + b * xstride + c) : make_uint4(0, 0, 0, 0);
                 }
             }
 #pragma unroll
             for (int u = 0; u < GEMV_BATCH; u++) {
                 int c = c0 + u * step;
                 if (c >= k) break;
-                float wf[8];
-                unpack8(wv[u], wf, (const TW *)0);
+                float wf[NR][8];
+#pragma unroll
+                for (int r = 0; r < NR; r++) unpack8(wv[u][r], wf[r], (const TW *)0);
 #pragma unroll
                 for (int b = 0; b < NB; b++) {
+                    if (b >= n) break;
                     float xf[8];
                     if constexpr (NB <= 2)
                         unpack8(xv[u][b], xf, (const TX *)0);
                     else
                         unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
 #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+                    for (int r = 0; r < NR; r++)
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[r][b] = fmaf(wf[r][j], xf[j], acc[r][b]);
                 }
             }
         }
     }
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
+    for (int r = 0; r < NR; r++)
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
-    }
+        for (int b = 0; b < NB; b++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], o);
     if (KW > 1) {
-        __shared__ float red[GEMV_WARPS][NB];
+        __shared__ float red[GEMV_WARPS][NR][NB];
         if (lane == 0)
 #pragma unroll
-            for (int b = 0; b < NB; b++) red[warp][b] = acc[b];
+            for (int r = 0; r < NR; r++)
+#pragma unroll
+                for (int b = 0; b < NB; b++) red[warp][r][b] = acc[r][b];
         __syncthreads();
         if (part == 0)
 #pragma unroll
-            for (int b = 0; b < NB; b++) {
-                float t = 0.f;
+            for (int r = 0; r < NR; r++)
 #pragma unroll
-                for (int j = 0; j < KW; j++) t += red[warp + j][b];
-                acc[b] = t;
-            }
+                for (int b = 0; b < NB; b++) {
+                    float t = 0.f;
+#pragma unroll
+                    for (int j = 0; j < KW; j++) t += red[warp + j][r][b];
+                    acc[r][b] = t;
+                }
     }
-    if (part == 0 && row < m && lane < NB) {
-        float v = 0.f;
+    if (part == 0 && live && lane < n) {
+        float v[NR];
 #pragma unroll
-        for (int b = 0; b < NB; b++)
-            if (b == lane) v = acc[b];
-        if (bias) v += ld_f(bias, bdt, row);
-        st_f(out, odt, (int64_t)lane * ostride + row, v);
+        for (int r = 0; r < NR; r++) {
+            v[r] = 0.f;
+#pragma unroll
+            for (int b = 0; b < NB; b++)
+                if (b == lane) v[r] = acc[r][b];
+        }
+        const int64_t o = (int64_t)lane * a.ostride + row;
+        if (EPI != GEMV_SILU_PAIRS && a.bias) v[0] += ld_f(a.bias, a.bdt, row);
+        if constexpr (EPI == GEMV_STORE) {
+            st_f(a.out, a.odt, o, v[0]);
+        } else if constexpr (EPI == GEMV_ACCUMULATE) { /* as matmul into a temporary, then the residual add */
+            st_f(a.out, a.odt, o, gemv_round(a.odt, v[0]) + ld_f(a.out, a.odt, o));
+        } else { /* as the gate|up matmul, then silu_mul */
+            float g = gemv_round(a.odt, v[0]), up = gemv_round(a.odt, v[1]);
+            st_f(a.out, a.odt, o, g / (1.f + expf(-g)) * up);
+        }
     }
 }
 
-template <typename TW, typename TX, int KW>
-static void gemv_launch_kw(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
-                           const struct loom_tensor *bias)
+template <typename TW, typename TX, int KW, bool NORM, int EPI>
+static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
 {
-    int n = (int)x.rows, m = (int)w.rows, k = (int)x.cols;
     const int rows_per_block = GEMV_WARPS / KW;
-    dim3 grid((m + rows_per_block - 1) / rows_per_block);
-    const void *bd = bias ? bias->data : NULL;
-    int bdt = bias ? bias->dtype : 0;
-    const TX *xp = (const TX *)x.data;
-    const TW *wp = (const TW *)w.data;
-#define GEMV_CASE(NB)                                                                                    \
-    case NB:                                                                                             \
-        cuda_launch(c, gemv_kernel<TW, TX, NB, KW>, grid, dim3(32 * GEMV_WARPS), 0, out.data, out.dtype, out.stride, \
-                    xp, x.stride, wp, w.stride, bd, bdt, m, k);                                          \
-        break;
-    switch (n) {
-        GEMV_CASE(1)
-        GEMV_CASE(2)
-        GEMV_CASE(3)
-        GEMV_CASE(4)
-        GEMV_CASE(5)
-        GEMV_CASE(6)
-        GEMV_CASE(7)
-        GEMV_CASE(8)
-    default: LOOM_DIE("gemv: n = %d", n);
-    }
-#undef GEMV_CASE
+    dim3 grid((a.m + rows_per_block - 1) / rows_per_block), block(32 * GEMV_WARPS);
+    size_t smem = NORM ? (size_t)a.n * a.k * sizeof(TX) : 0;
+    if (a.n == 1)
+        cuda_launch(c, gemv_kernel<TW, TX, 1, KW, NORM, EPI>, grid, block, smem, a);
+    else if (a.n == 2)
+        cuda_launch(c, gemv_kernel<TW, TX, 2, KW, NORM, EPI>, grid, block, smem, a);
+    else if (a.n <= 4)
+        cuda_launch(c, gemv_kernel<TW, TX, 4, KW, NORM, EPI>, grid, block, smem, a);
+    else
+        cuda_launch(c, gemv_kernel<TW, TX, 8, KW, NORM, EPI>, grid, block, smem, a);
 }
 
-/* Warps per row: about four 16-byte loads per lane in flight, at most 4 warps on one row. */
-template <typename TW, typename TX>
-static void gemv_launch(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
-                        const struct loom_tensor *bias)
+/* Warps per row: about four 16-byte loads per lane in flight, at most 4 warps on one row (2 with the
+ * norm prologue, whose k is at most GEMV_NORM_MAX_K). */
+template <typename TW, typename TX, bool NORM, int EPI> static void gemv_launch(struct cuda_ctx *c, const struct gemv_args &a)
 {
-    int k = (int)x.cols;
-    if (k <= 1024)
-        gemv_launch_kw<TW, TX, 1>(c, out, x, w, bias);
-    else if (k <= 2048)
-        gemv_launch_kw<TW, TX, 2>(c, out, x, w, bias);
+    if (a.k <= 1024)
+        gemv_launch_kw<TW, TX, 1, NORM, EPI>(c, a);
+    else if (NORM || a.k <= 2048)
+        gemv_launch_kw<TW, TX, 2, NORM, EPI>(c, a);
     else
-        gemv_launch_kw<TW, TX, 4>(c, out, x, w, bias);
+        gemv_launch_kw<TW, TX, 4, false, EPI>(c, a);
 }
 
 static bool aligned16(const void *p)
@@ -221,23 +329,86 @@ static bool aligned16(const void *p)
     return ((uintptr_t)p & 15) == 0;
 }
 
+/* Whether the small-batch kernel takes x @ w^T. */
+static bool gemv_fits(struct loom_tensor x, struct loom_tensor w)
+{
+    if (x.rows < 1 || x.rows > GEMV_MAX_N) return false;
+    if (x.dtype == LOOM_DTYPE_F32 || w.dtype == LOOM_DTYPE_F32) return false;
+    return x.cols % 8 == 0 && x.stride % 8 == 0 && w.stride % 8 == 0 && aligned16(x.data) && aligned16(w.data);
+}
+
+static struct gemv_args gemv_args_of(struct loom_tensor out, struct loom_tensor x, struct loom_tensor w, int m,
+                                     const struct loom_tensor *bias)
+{
+    struct gemv_args a;
+    memset(&a, 0, sizeof a); /* launches are recorded and compared as bytes, padding included */
+    a.out = out.data;
+    a.ostride = out.stride;
+    a.odt = out.dtype;
+    a.n = (int)x.rows;
+    a.m = m;
+    a.k = (int)x.cols;
+    a.x = x.data;
+    a.xstride = x.stride;
+    a.w = w.data;
+    a.wstride = w.stride;
+    a.bias = bias ? bias->data : NULL;
+    a.bdt = bias ? bias->dtype : 0;
+    return a;
+}
+
 /* True (and launched) when the small-batch kernel applies. */
 static bool try_gemv(struct cuda_ctx *c, struct loom_tensor out, struct loom_tensor x, struct loom_tensor w,
                      const struct loom_tensor *bias)
 {
-    if (x.rows < 1 || x.rows > GEMV_MAX_N) return false;
-    if (x.dtype == LOOM_DTYPE_F32 || w.dtype == LOOM_DTYPE_F32) return false;
-    if (x.cols % 8 || x.stride % 8 || w.stride % 8 || !aligned16(x.data) || !aligned16(w.data)) return false;
+    if (!gemv_fits(x, w)) return false;
+    struct gemv_args a = gemv_args_of(out, x, w, (int)w.rows, bias);
     if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_BF16)
-        gemv_launch<__nv_bfloat16, __nv_bfloat16>(c, out, x, w, bias);
+        gemv_launch<__nv_bfloat16, __nv_bfloat16, false, GEMV_STORE>(c, a);
     else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_F16)
-        gemv_launch<__half, __half>(c, out, x, w, bias);
+        gemv_launch<__half, __half, false, GEMV_STORE>(c, a);
     else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_BF16)
-        gemv_launch<__half, __nv_bfloat16>(c, out, x, w, bias);
+        gemv_launch<__half, __nv_bfloat16, false, GEMV_STORE>(c, a);
     else if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_F16)
-        gemv_launch<__nv_bfloat16, __half>(c, out, x, w, bias);
+        gemv_launch<__nv_bfloat16, __half, false, GEMV_STORE>(c, a);
     else
         return false;
+    return true;
+}
+
+template <typename T> static void gemv_fused_launch(struct cuda_ctx *c, const struct gemv_args &a, bool norm, int epi)
+{
+    if (norm && epi == GEMV_SILU_PAIRS) gemv_launch<T, T, true, GEMV_SILU_PAIRS>(c, a);
+    else if (norm) gemv_launch<T, T, true, GEMV_STORE>(c, a);
+    else if (epi == GEMV_SILU_PAIRS) gemv_launch<T, T, false, GEMV_SILU_PAIRS>(c, a);
+    else gemv_launch<T, T, false, GEMV_ACCUMULATE>(c, a);
+}
+
+/* matmul_fused: the small-batch kernel's fused forms; false (nothing done) outside them. */
+bool cuda_matmul_fused(struct loom_backend *be, const struct loom_matmul_fused *f)
+{
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    const struct loom_tensor x = f->x, w = f->w, out = f->out;
+    const int m = f->silu_pairs ? (int)(w.rows / 2) : (int)w.rows;
+    LOOM_ASSERT(w.cols == x.cols && out.rows == x.rows && out.cols == m && (!f->silu_pairs || w.rows % 2 == 0));
+    LOOM_ASSERT(out.data != x.data);
+    const bool norm = f->norm != NULL;
+    if (f->accumulate && (norm || f->silu_pairs)) return false; /* no such form */
+    if (!norm && !f->accumulate && !f->silu_pairs) return false; /* plain: matmul */
+    if (!gemv_fits(x, w) || w.dtype != x.dtype || out.dtype != x.dtype) return false;
+    if (norm && (x.cols > GEMV_NORM_MAX_K || f->norm->rows * f->norm->cols != x.cols)) return false;
+    if (f->silu_pairs && f->bias) return false;
+    struct gemv_args a = gemv_args_of(out, x, w, m, f->bias);
+    a.pair = f->silu_pairs ? m : 0;
+    if (norm) {
+        a.norm = f->norm->data;
+        a.ndt = f->norm->dtype;
+        a.eps = f->eps;
+    }
+    const int epi = f->silu_pairs ? GEMV_SILU_PAIRS : f->accumulate ? GEMV_ACCUMULATE : GEMV_STORE;
+    if (x.dtype == LOOM_DTYPE_BF16) gemv_fused_launch<__nv_bfloat16>(c, a, norm, epi);
+    else if (x.dtype == LOOM_DTYPE_F16) gemv_fused_launch<__half>(c, a, norm, epi);
+    else return false;
     return true;
 }
 
@@ -292,10 +463,4 @@ void cuda_matmul(struct loom_backend *be, struct loom_tensor out, struct loom_te
                                                                            bias->data, bias->dtype, n, m);
         CUDA_LAUNCH_CHECK();
     }
-}
-
-bool cuda_matmul_fused(struct loom_backend *be, const struct loom_matmul_fused *f)
-{
-    (void)be, (void)f;
-    return false;
 }
