@@ -140,6 +140,8 @@ template <typename TW, typename TX, int NB, int KW, bool NORM, int EPI>
 __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args a)
 {
     constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1; /* rows of w per output */
+    /* slices in flight per lane: long rows (KW = 4: k > 2048) take 8, so that k up to 8192 is one round trip */
+    constexpr int BATCH = KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (GEMV_WARPS / KW) + warp / KW, part = warp % KW;
     const int k = a.k, n = a.n;
@@ -149,16 +151,22 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
 #pragma unroll
     for (int r = 0; r < NR; r++) wr[r] = (const TW *)a.w + (row + r * a.pair) * a.wstride;
 
-    /* GEMV_BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any is
+    /* BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any is
      * used: one memory round trip per batch instead of one per slice */
-    uint4 wv[GEMV_BATCH][NR];
+    uint4 wv[BATCH][NR];
 #pragma unroll
-    for (int u = 0; u < GEMV_BATCH; u++) {
+    for (int u = 0; u < BATCH; u++) {
         int c = c_first + u * step;
 #pragma unroll
         for (int r = 0; r < NR; r++) wv[u][r] = live && c < k ? __ldg((const uint4 *)(wr[r] + c)) : make_uint4(0, 0, 0, 0);
     }
+    /* the epilogue's operands, fetched now: the bias (a weight) before the wait, the residual after */
+    const bool storer = part == 0 && live && lane < n;
+    const int64_t o = (int64_t)lane * a.ostride + row;
+    float bias = 0.f, old = 0.f;
+    if (EPI != GEMV_SILU_PAIRS && a.bias && storer) bias = ld_f(a.bias, a.bdt, row);
     PDL_PROLOGUE();
+    if (EPI == GEMV_ACCUMULATE && storer) old = ld_f(a.out, a.odt, o);
 
     const TX *x = (const TX *)a.x;
     int64_t xstride = a.xstride;
@@ -211,10 +219,10 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
 #pragma unroll
         for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
     if (live) {
-        for (int c0 = c_first; c0 < k; c0 += GEMV_BATCH * step) {
-            uint4 xv[GEMV_BATCH][NB <= 2 ? NB : 1];
+        for (int c0 = c_first; c0 < k; c0 += BATCH * step) {
+            uint4 xv[BATCH][NB <= 2 ? NB : 1];
 #pragma unroll
-            for (int u = 0; u < GEMV_BATCH; u++) {
+            for (int u = 0; u < BATCH; u++) {
                 int c = c0 + u * step;
                 if (c0 != c_first)
 #pragma unroll
@@ -227,7 +235,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                 }
             }
 #pragma unroll
-            for (int u = 0; u < GEMV_BATCH; u++) {
+            for (int u = 0; u < BATCH; u++) {
                 int c = c0 + u * step;
                 if (c >= k) break;
                 float wf[NR][8];
@@ -274,7 +282,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                     acc[r][b] = t;
                 }
     }
-    if (part == 0 && live && lane < n) {
+    if (storer) {
         float v[NR];
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -283,12 +291,11 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
             for (int b = 0; b < NB; b++)
                 if (b == lane) v[r] = acc[r][b];
         }
-        const int64_t o = (int64_t)lane * a.ostride + row;
-        if (EPI != GEMV_SILU_PAIRS && a.bias) v[0] += ld_f(a.bias, a.bdt, row);
+        if (EPI != GEMV_SILU_PAIRS && a.bias) v[0] += bias;
         if constexpr (EPI == GEMV_STORE) {
             st_f(a.out, a.odt, o, v[0]);
         } else if constexpr (EPI == GEMV_ACCUMULATE) { /* as matmul into a temporary, then the residual add */
-            st_f(a.out, a.odt, o, gemv_round(a.odt, v[0]) + ld_f(a.out, a.odt, o));
+            st_f(a.out, a.odt, o, gemv_round(a.odt, v[0]) + old);
         } else { /* as the gate|up matmul, then silu_mul */
             float g = gemv_round(a.odt, v[0]), up = gemv_round(a.odt, v[1]);
             st_f(a.out, a.odt, o, g / (1.f + expf(-g)) * up);
