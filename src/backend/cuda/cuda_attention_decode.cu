@@ -1,8 +1,388 @@
 /*
- * cuda_attention_decode.cu: a decode step's rope, KV write and paged attention in one kernel.
- * (Not built yet: returns false, so the caller runs qkv_rope_store and attention.)
+ * cuda_attention_decode.cu: a decode step's rope, KV write and paged attention in one kernel
+ * (ops->decode_attention): every sequence has exactly one new token. It replaces qkv_rope_store
+ * (cuda_rope_kv.cu) + attention (cuda_attention.cu) on that path; prefill chunks and mixed steps, f32,
+ * head_dim other than 64/128 and groups above 8 return false (the caller runs the two ops).
+ *
+ * One block of 8 warps per (sequence, KV head, split). The prologue reads the row's G = n_heads /
+ * n_kv_heads q heads, its k and v heads, applies the q/k RMSNorm (Qwen3) and the neox rotation with
+ * the arithmetic of qkv_rope_store (so the cache bytes are identical), keeps q (pre-scaled by
+ * scale * log2 e), k and v in shared memory, and the split-0 block writes k and v to the cache row
+ * slot_mapping[s] (negative: skipped). The current position's K/V come from shared memory, never from
+ * the cache, so no block reads a row another block of the same launch writes.
+ * The attention: a row group of D / 8 lanes holds 8 dims of every q head in registers and reads one
+ * cache row per step with one 16-byte K and one 16-byte V load per lane (no shared-memory tile, no
+ * serial per-thread dot products: the dot is 8 FMAs and a log2(D / 8) shuffle reduction); each row
+ * group keeps its own online softmax over the rows w, w + NWORK, ... of the block's range, DATT_U rows
+ * per round trip. The row groups merge by shuffles, the warps in shared memory. When the context is
+ * long and the grid small, the range is split over blocks (a power of two from max_seq_len, so
+ * consecutive steps replay one graph); each writes a partial to c->attn_ws and the last one of a
+ * (sequence, KV head) to finish merges, resetting its counter to zero.
  */
 #include "backend/cuda/cuda_common.h"
+
+#include <float.h>
+
+#define DATT_WARPS 8
+#define DATT_THREADS (32 * DATT_WARPS)
+#define DATT_U 4             /* rows per row group per round trip */
+#define DATT_MAX_SPLITS 64
+#define DATT_MAX_COUNTERS 4096 /* c->attn_counters' length (ATTN_MAX_COUNTERS in cuda_attention.cu) */
+#define DATT_BT_CAP 256      /* block-table entries of a block's range kept in shared memory */
+#define DATT_LOG2E 1.4426950408889634f
+
+struct dattn_params {
+    void *out;
+    const void *qkv;
+    void *kc, *vc;
+    int64_t qkv_stride, out_stride, k_stride, v_stride; /* elements between rows */
+    const int32_t *positions, *slots, *seq_lens, *block_tables;
+    const float *inv_freq;
+    const void *qn, *kn; /* [head_dim] each, or NULL */
+    int qndt, kndt;
+    float eps, scale_log2; /* scale * log2(e): scores in the log2 domain */
+    int n_heads, n_kv_heads, head_dim, block_size, max_blocks, window, n_splits;
+    float *ws;     /* [n_seqs, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
+    int *counters; /* [n_seqs * n_kv_heads], zero between launches */
+};
+
+static __device__ __forceinline__ float datt_warp_sum(float v) /* qkv_rope_store's reduction, same order */
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float datt_round(int dt, float v)
+{
+    if (dt == LOOM_DTYPE_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    if (dt == LOOM_DTYPE_F16) return __half2float(__float2half_rn(v));
+    return v;
+}
+
+template <typename T> struct datt_dtype;
+template <> struct datt_dtype<__half> { static constexpr int v = LOOM_DTYPE_F16; };
+template <> struct datt_dtype<__nv_bfloat16> { static constexpr int v = LOOM_DTYPE_BF16; };
+
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params P)
+{
+    constexpr int R = D / 8;         /* lanes per cache row (8 elements = 16 bytes each) */
+    constexpr int RPW = 32 / R;      /* rows per warp at once */
+    constexpr int NWORK = DATT_WARPS * RPW;
+    constexpr int PL = D / 64;       /* rotation pairs per lane (half = 32 PL) */
+    constexpr int HALF = D / 2;
+    constexpr int DT = datt_dtype<T>::v;
+    __shared__ float qs[G * D];
+    __shared__ float kcur[D], vcur[D];
+    __shared__ int bts[DATT_BT_CAP];
+    __shared__ float red[DATT_WARPS * G * (D + 2)];
+    __shared__ int last_s;
+
+    PDL_PROLOGUE();
+    const int s = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int pos = P.seq_lens[s] - 1;
+    const int first = P.window > 0 ? max(0, pos - P.window + 1) : 0;
+    const int len = pos - first + 1;
+    const int chunk = (len + P.n_splits - 1) / P.n_splits;
+    const int start = first + split * chunk;
+    const int end = min(pos + 1, start + chunk);
+    const int32_t *bt = P.block_tables + (int64_t)s * P.max_blocks;
+    const int bsz = P.block_size;
+    const int b0 = start / bsz;
+    {
+        const int nb = start < end ? (end - 1) / bsz - b0 + 1 : 0;
+        for (int i = threadIdx.x; i < min(nb, DATT_BT_CAP); i += DATT_THREADS) bts[i] = bt[b0 + i];
+    }
+
+    /* ---- prologue: q heads kvh * G + h (h < G), then k (h == G), then v (h == G + 1) ---- */
+    const T *row = (const T *)P.qkv + (int64_t)s * P.qkv_stride;
+    const int64_t slot = P.slots[s];
+    const bool writer = split == 0 && slot >= 0;
+    for (int h = warp; h < G + 2; h += DATT_WARPS) {
+        if (h == G + 1) {
+            const T *src = row + (int64_t)(P.n_heads + P.n_kv_heads + kvh) * D;
+            T *dst = (T *)P.vc + slot * P.v_stride + (int64_t)kvh * D;
+            for (int d = lane; d < D; d += 32) {
+                const T v = src[d];
+                vcur[d] = to_f(v);
+                if (writer) dst[d] = v;
+            }
+            continue;
+        }
+        const bool is_q = h < G;
+        const T *src = row + (is_q ? (int64_t)(kvh * G + h) * D : (int64_t)(P.n_heads + kvh) * D);
+        float a[PL], b[PL];
+#pragma unroll
+        for (int u = 0; u < PL; u++) {
+            const int j = lane + 32 * u;
+            a[u] = to_f(src[j]);
+            b[u] = to_f(src[j + HALF]);
+        }
+        const void *nw = is_q ? P.qn : P.kn;
+        if (nw) { /* exactly qkv_rope_store_kernel's expressions */
+            const int nwdt = is_q ? P.qndt : P.kndt;
+            float ss = 0.f;
+#pragma unroll
+            for (int u = 0; u < PL; u++) ss += a[u] * a[u] + b[u] * b[u];
+            ss = datt_warp_sum(ss);
+            const float inv = rsqrtf(ss / (float)P.head_dim + P.eps);
+#pragma unroll
+            for (int u = 0; u < PL; u++) {
+                const int j = lane + 32 * u;
+                a[u] = datt_round(DT, a[u] * inv * ld_f(nw, nwdt, j));
+                b[u] = datt_round(DT, b[u] * inv * ld_f(nw, nwdt, j + HALF));
+            }
+        }
+        const float fpos = (float)P.positions[s];
+        T *kdst = (T *)P.kc + slot * P.k_stride + (int64_t)kvh * D;
+#pragma unroll
+        for (int u = 0; u < PL; u++) {
+            const int j = lane + 32 * u;
+            float sn, cs;
+            sincosf(fpos * P.inv_freq[j], &sn, &cs);
+            const T ra = from_f<T>(a[u] * cs - b[u] * sn);
+            const T rb = from_f<T>(b[u] * cs + a[u] * sn);
+            if (is_q) {
+                qs[h * D + j] = to_f(ra) * P.scale_log2;
+                qs[h * D + j + HALF] = to_f(rb) * P.scale_log2;
+            } else {
+                kcur[j] = to_f(ra);
+                kcur[j + HALF] = to_f(rb);
+                if (writer) {
+                    kdst[j] = ra;
+                    kdst[j + HALF] = rb;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    /* ---- attention over [start, end): cache rows [start, min(end, pos)), the current row from smem ---- */
+    const int grp = lane / R, c = lane % R, w = warp * RPW + grp;
+    float q[G][8], m[G], l[G], acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            q[g][e] = qs[g * D + c * 8 + e];
+            acc[g][e] = 0.f;
+        }
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+    }
+    if (warp == 0 && start <= pos && pos < end) { /* row group 0 of warp 0 starts from the current row */
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d += q[g][e] * kcur[c * 8 + e];
+#pragma unroll
+            for (int o = 1; o < R; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            if (grp == 0) {
+                m[g] = d;
+                l[g] = 1.f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] = vcur[c * 8 + e];
+            }
+        }
+    }
+    const int kend = min(end, pos);
+    const T *kb = (const T *)P.kc + (int64_t)kvh * D + c * 8;
+    const T *vb = (const T *)P.vc + (int64_t)kvh * D + c * 8;
+    for (int it = start; it < kend; it += NWORK * DATT_U) {
+        uint4 kr[DATT_U], vr[DATT_U];
+#pragma unroll
+        for (int k = 0; k < DATT_U; k++) {
+            const int p = it + w + k * NWORK;
+            kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+            if (p < kend) {
+                const int bi = p / bsz;
+                const int id = bi - b0 < DATT_BT_CAP ? bts[bi - b0] : bt[bi];
+                const int64_t sl = (int64_t)id * bsz + (p - bi * bsz);
+                kr[k] = __ldg((const uint4 *)(kb + sl * P.k_stride));
+                vr[k] = __ldg((const uint4 *)(vb + sl * P.v_stride));
+            }
+        }
+        float sc[DATT_U][G];
+#pragma unroll
+        for (int k = 0; k < DATT_U; k++) {
+            float kf[8];
+            unpack16<T>(kr[k], kf);
+            const bool ok = it + w + k * NWORK < kend;
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float d = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += q[g][e] * kf[e];
+#pragma unroll
+                for (int o = 1; o < R; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                sc[k][g] = ok ? d : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float mx = m[g];
+#pragma unroll
+            for (int k = 0; k < DATT_U; k++) mx = fmaxf(mx, sc[k][g]);
+            if (mx == -INFINITY) { /* nothing visible yet for this row group */
+#pragma unroll
+                for (int k = 0; k < DATT_U; k++) sc[k][g] = 0.f;
+                continue;
+            }
+            const float alpha = exp2f(m[g] - mx);
+            m[g] = mx;
+            float sum = l[g] * alpha;
+#pragma unroll
+            for (int k = 0; k < DATT_U; k++) {
+                const float pk = exp2f(sc[k][g] - mx);
+                sc[k][g] = pk;
+                sum += pk;
+            }
+            l[g] = sum;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= alpha;
+        }
+#pragma unroll
+        for (int k = 0; k < DATT_U; k++) {
+            float vf[8];
+            unpack16<T>(vr[k], vf);
+#pragma unroll
+            for (int g = 0; g < G; g++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] += sc[k][g] * vf[e];
+        }
+    }
+
+    /* ---- merge: the row groups of a warp by shuffles, then the warps in shared memory ---- */
+#pragma unroll
+    for (int o = R; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+            const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            const float M = fmaxf(m[g], mo);
+            const float ea = m[g] == -INFINITY ? 0.f : exp2f(m[g] - M);
+            const float eb = mo == -INFINITY ? 0.f : exp2f(mo - M);
+            m[g] = M;
+            l[g] = l[g] * ea + lo * eb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+                acc[g][e] = acc[g][e] * ea + ao * eb;
+            }
+        }
+    }
+    if (grp == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float *r = red + (warp * G + g) * (D + 2);
+            if (c == 0) {
+                r[0] = m[g];
+                r[1] = l[g];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) r[2 + c * 8 + e] = acc[g][e];
+        }
+    }
+    __syncthreads();
+
+    const int h0 = kvh * G;
+    T *out = (T *)P.out + (int64_t)s * P.out_stride + (int64_t)h0 * D;
+    float *wbase = P.ws + ((int64_t)s * P.n_heads + h0) * P.n_splits * (D + 2);
+    for (int i = threadIdx.x; i < G * D; i += DATT_THREADS) {
+        const int g = i / D, d = i - g * D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int x = 0; x < DATT_WARPS; x++) M = fmaxf(M, red[(x * G + g) * (D + 2)]);
+        float L = 0.f, A = 0.f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int x = 0; x < DATT_WARPS; x++) {
+                const float *r = red + (x * G + g) * (D + 2);
+                const float e = r[0] == -INFINITY ? 0.f : exp2f(r[0] - M);
+                L += r[1] * e;
+                A += r[2 + d] * e;
+            }
+        }
+        if (P.n_splits == 1) {
+            out[i] = from_f<T>(L > 0.f ? A / L : 0.f);
+        } else {
+            float *wp = wbase + ((int64_t)g * P.n_splits + split) * (D + 2);
+            if (d == 0) {
+                wp[0] = M;
+                wp[1] = L;
+            }
+            wp[2 + d] = A;
+        }
+    }
+    if (P.n_splits == 1) return;
+
+    /* the last split of this (sequence, KV head) to finish merges every split's partial */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *ctr = P.counters + (int64_t)s * P.n_kv_heads + kvh;
+        const int done = atomicAdd(ctr, 1);
+        last_s = done == P.n_splits - 1;
+        if (last_s) *ctr = 0; /* ready for the next launch */
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    float *ml = red; /* [G][n_splits][2] */
+    for (int i = threadIdx.x; i < G * P.n_splits; i += DATT_THREADS) {
+        const int g = i / P.n_splits, z = i - g * P.n_splits;
+        const float *wp = wbase + ((int64_t)g * P.n_splits + z) * (D + 2);
+        ml[2 * i] = __ldcg(wp);
+        ml[2 * i + 1] = __ldcg(wp + 1);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += DATT_THREADS) {
+        const int g = i / D, d = i - g * D;
+        const float *wg = wbase + (int64_t)g * P.n_splits * (D + 2);
+        const float *mg = ml + 2 * g * P.n_splits;
+        float M = -INFINITY;
+        for (int z = 0; z < P.n_splits; z++) M = fmaxf(M, mg[2 * z]);
+        float L = 0.f, A = 0.f;
+        for (int z = 0; z < P.n_splits; z++) {
+            const float mz = mg[2 * z];
+            if (mz == -INFINITY) continue;
+            const float e = exp2f(mz - M);
+            L += mg[2 * z + 1] * e;
+            A += __ldcg(wg + z * (D + 2) + 2 + d) * e;
+        }
+        out[i] = from_f<T>(L > 0.f ? A / L : 0.f);
+    }
+}
+
+template <typename T, int D>
+static void dattn_launch_d(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G)
+{
+    switch (G) {
+    case 1: cuda_launch(c, dattn_kernel<T, D, 1>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 2: cuda_launch(c, dattn_kernel<T, D, 2>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 3: cuda_launch(c, dattn_kernel<T, D, 3>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 4: cuda_launch(c, dattn_kernel<T, D, 4>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 5: cuda_launch(c, dattn_kernel<T, D, 5>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 6: cuda_launch(c, dattn_kernel<T, D, 6>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 7: cuda_launch(c, dattn_kernel<T, D, 7>, grid, dim3(DATT_THREADS), 0, *P); break;
+    default: cuda_launch(c, dattn_kernel<T, D, 8>, grid, dim3(DATT_THREADS), 0, *P); break;
+    }
+}
+
+template <typename T>
+static void dattn_launch(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G)
+{
+    if (P->head_dim == 64) dattn_launch_d<T, 64>(c, P, grid, G);
+    else dattn_launch_d<T, 128>(c, P, grid, G);
+}
+
+static bool dattn_aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
 
 bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, struct loom_tensor qkv,
                            const int32_t *positions, const int32_t *slot_mapping, int n_heads, int n_kv_heads,
@@ -11,8 +391,87 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
                            struct loom_tensor v_cache, const struct loom_attn_meta *meta, float scale,
                            int sliding_window)
 {
-    (void)be, (void)out, (void)qkv, (void)positions, (void)slot_mapping, (void)n_heads, (void)n_kv_heads;
-    (void)head_dim, (void)inv_freq, (void)q_norm, (void)k_norm, (void)eps, (void)k_cache, (void)v_cache;
-    (void)meta, (void)scale, (void)sliding_window;
-    return false;
+    static int enabled = -1; /* LOOM_CUDA_DECODE_ATTN=0: always false (an A/B switch) */
+    if (enabled < 0) enabled = !(getenv("LOOM_CUDA_DECODE_ATTN") && atoi(getenv("LOOM_CUDA_DECODE_ATTN")) == 0);
+    if (!enabled) return false;
+    /* the shapes this kernel takes; anything else goes the separate ops' way */
+    const enum loom_dtype dt = qkv.dtype;
+    if (!meta || meta->max_query_len != 1 || meta->n_tokens != meta->n_seqs || meta->n_seqs <= 0) return false;
+    if (dt != LOOM_DTYPE_BF16 && dt != LOOM_DTYPE_F16) return false;
+    if (out.dtype != dt || k_cache.dtype != dt || v_cache.dtype != dt) return false;
+    if (head_dim != 64 && head_dim != 128) return false;
+    if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads) return false;
+    const int G = n_heads / n_kv_heads;
+    if (G > 8) return false;
+    if ((q_norm == NULL) != (k_norm == NULL)) return false;
+    if (q_norm && (q_norm->rows * q_norm->cols != head_dim || k_norm->rows * k_norm->cols != head_dim ||
+                   !cuda_is_float_dtype(q_norm->dtype) || !cuda_is_float_dtype(k_norm->dtype)))
+        return false;
+    if (inv_freq.dtype != LOOM_DTYPE_F32 || inv_freq.rows * inv_freq.cols != head_dim / 2) return false;
+    const int n = meta->n_seqs;
+    const int64_t kw = (int64_t)n_kv_heads * head_dim;
+    if (qkv.rows < n || out.rows < n || qkv.cols < (int64_t)n_heads * head_dim + 2 * kw ||
+        out.cols < (int64_t)n_heads * head_dim || k_cache.cols < kw || v_cache.cols < kw)
+        return false;
+    const size_t es = loom_dtype_size(dt);
+    if (k_cache.stride * es % 16 || v_cache.stride * es % 16 || !dattn_aligned16(k_cache.data) ||
+        !dattn_aligned16(v_cache.data) || meta->block_size <= 0)
+        return false;
+
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    struct dattn_params P;
+    memset(&P, 0, sizeof P); /* padding too: launches are recorded and compared as bytes */
+    P.out = out.data;
+    P.qkv = qkv.data;
+    P.kc = k_cache.data;
+    P.vc = v_cache.data;
+    P.qkv_stride = qkv.stride;
+    P.out_stride = out.stride;
+    P.k_stride = k_cache.stride;
+    P.v_stride = v_cache.stride;
+    P.positions = positions;
+    P.slots = slot_mapping;
+    P.seq_lens = meta->seq_lens;
+    P.block_tables = meta->block_tables;
+    P.inv_freq = (const float *)inv_freq.data;
+    P.qn = q_norm ? q_norm->data : NULL;
+    P.kn = k_norm ? k_norm->data : NULL;
+    P.qndt = q_norm ? (int)q_norm->dtype : 0;
+    P.kndt = k_norm ? (int)k_norm->dtype : 0;
+    P.eps = eps;
+    P.scale_log2 = scale * DATT_LOG2E;
+    P.n_heads = n_heads;
+    P.n_kv_heads = n_kv_heads;
+    P.head_dim = head_dim;
+    P.block_size = meta->block_size;
+    P.max_blocks = meta->max_blocks_per_seq;
+    P.window = sliding_window;
+    P.ws = c->attn_ws;
+    P.counters = c->attn_counters;
+
+    /* Split the context over blocks when the grid is small and each split keeps at least two rounds of
+     * rows (a merge costs about two rounds). A power of two from max_seq_len: consecutive decode
+     * steps launch the same grid, and every block finds its own range from seq_lens on the GPU. */
+    const int64_t blocks = (int64_t)n * n_kv_heads;
+    int max_len = meta->max_seq_len;
+    if (sliding_window > 0 && max_len > sliding_window) max_len = sliding_window;
+    const int rows_round = DATT_WARPS * (32 / (head_dim / 8)) * DATT_U;
+    const size_t per_split = (size_t)n * n_heads * (head_dim + 2) * sizeof(float);
+    static int min_rows_env = -2; /* LOOM_CUDA_DATT_MIN_ROWS: the fewest rows a split keeps (a tuning aid) */
+    if (min_rows_env == -2) {
+        const char *e = getenv("LOOM_CUDA_DATT_MIN_ROWS");
+        min_rows_env = e ? atoi(e) : -1;
+    }
+    const int min_rows = min_rows_env >= 0 ? min_rows_env : 2 * rows_round;
+    int splits = 1;
+    while (splits < DATT_MAX_SPLITS && blocks * splits * 2 <= (int64_t)c->sm_count &&
+           max_len / (splits * 2) >= min_rows && per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES &&
+           blocks <= DATT_MAX_COUNTERS)
+        splits *= 2;
+    P.n_splits = splits;
+    LOOM_ASSERT(n <= 2147483647 && n_kv_heads <= 65535);
+    dim3 grid((unsigned)n, (unsigned)n_kv_heads, (unsigned)splits);
+    if (dt == LOOM_DTYPE_BF16) dattn_launch<__nv_bfloat16>(c, &P, grid, G);
+    else dattn_launch<__half>(c, &P, grid, G);
+    return true;
 }
