@@ -213,6 +213,9 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
         xstride = k;
     }
 
+    /* rows past n repeat the last row (computed, never stored): no branch in the unrolled loops, so
+     * the loads of every row issue together */
+    auto xrow = [n](int b) { return (int64_t)(b < n ? b : n - 1); };
     float acc[NR][NB];
 #pragma unroll
     for (int r = 0; r < NR; r++)
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                 if constexpr (NB <= 2) {
 #pragma unroll
                     for (int b = 0; b < NB; b++)
-                        xv[u][b] = c < k && b < n ? *(const uint4 *)(x + b * xstride + c) : make_uint4(0, 0, 0, 0);
+                        xv[u][b] = c < k ? *(const uint4 *)(x + xrow(b) * xstride + c) : make_uint4(0, 0, 0, 0);
                 }
             }
 #pragma unroll
@@ -243,12 +246,11 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                 for (int r = 0; r < NR; r++) unpack8(wv[u][r], wf[r], (const TW *)0);
 #pragma unroll
                 for (int b = 0; b < NB; b++) {
-                    if (b >= n) break;
                     float xf[8];
                     if constexpr (NB <= 2)
                         unpack8(xv[u][b], xf, (const TX *)0);
                     else
-                        unpack8(*(const uint4 *)(x + b * xstride + c), xf, (const TX *)0);
+                        unpack8(*(const uint4 *)(x + xrow(b) * xstride + c), xf, (const TX *)0);
 #pragma unroll
                     for (int r = 0; r < NR; r++)
 #pragma unroll
