@@ -10,7 +10,8 @@
  * within a per-row relative L2 tolerance (BF16 1e-2, F16 3e-3; outputs poisoned with NaN first).
  * The fused op runs twice per case (its split counters must be back at zero after a launch).
  * Covered: BF16 and F16, head_dim 64 and 128, groups 1, 4, 7, 8, q/k norm on and off, sliding window
- * on and off, 1, 3, 8 and 64 sequences. F32 activations, head_dim 96, group 16 and a prefill-shaped
+ * on and off, 1, 3, 8 and 64 sequences; the split paths (clusters of 2-8 blocks, global splits over
+ * clusters or over single blocks) by the defaults and, forced, by the kernel's tuning variables. F32 activations, head_dim 96, group 16 and a prefill-shaped
  * step must return false having written nothing.
  * Exits 77 where no CUDA device is present.
  */
@@ -376,6 +377,7 @@ int main(void)
     test_skip("built without CUDA");
 #endif
     if (!loom_backend_cuda_available()) test_skip("no CUDA device");
+    setenv("LOOM_CUDA_DATT_LIVE", "1", 1); /* the kernel re-reads its tuning variables at every call */
     struct loom_backend_options opts = {.device = "cuda", .act_dtype = LOOM_DTYPE_BF16, .device_index = 0};
     int rc = loom_backend_create(&opts, &be);
     CHECK_MSG(rc == 0, "loom_backend_cuda_create: %s", loom_last_error());
@@ -408,6 +410,23 @@ int main(void)
         {LOOM_DTYPE_BF16, 64, 14, 2, false, 32, 2, 1, 1100}, {LOOM_DTYPE_F16, 128, 28, 4, true, 0, 256, 0, 40},
     };
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) run_case(&small[i]);
+
+    /* the split paths forced: global splits over clusters of 8, 2 and none (the thresholds are the
+     * kernel's tuning variables; the defaults above leave some of these combinations unused) */
+    const char *envs[3][2] = {{"32", "8"}, {"16", "2"}, {"16", "1"}};
+    for (int e = 0; e < 3; e++) {
+        setenv("LOOM_CUDA_DATT_MIN_ROWS", envs[e][0], 1);
+        setenv("LOOM_CUDA_DATT_MAX_CL", envs[e][1], 1);
+        printf("  LOOM_CUDA_DATT_MIN_ROWS=%s LOOM_CUDA_DATT_MAX_CL=%s\n", envs[e][0], envs[e][1]);
+        struct dcase forced[] = {
+            {LOOM_DTYPE_BF16, 64, 14, 2, false, 0, 1, 0, 3000},  {LOOM_DTYPE_F16, 128, 32, 4, true, 700, 3, 1, 2500},
+            {LOOM_DTYPE_BF16, 128, 16, 16, true, 0, 2, 0, 900},  {LOOM_DTYPE_F16, 64, 32, 4, false, 0, 8, 2, 1500},
+            {LOOM_DTYPE_BF16, 64, 14, 2, false, 0, 1, 0, 150},
+        };
+        for (size_t i = 0; i < sizeof forced / sizeof forced[0]; i++) run_case(&forced[i]);
+    }
+    unsetenv("LOOM_CUDA_DATT_MIN_ROWS");
+    unsetenv("LOOM_CUDA_DATT_MAX_CL");
 
     /* what it must refuse */
     struct dcase f32 = {LOOM_DTYPE_F32, 64, 14, 2, false, 0, 3, 1, 300};

@@ -14,13 +14,18 @@
  * cache row per step with one 16-byte K and one 16-byte V load per lane (no shared-memory tile, no
  * serial per-thread dot products: the dot is 8 FMAs and a log2(D / 8) shuffle reduction); each row
  * group keeps its own online softmax over the rows w, w + NWORK, ... of the block's range, DATT_U rows
- * per round trip. The row groups merge by shuffles, the warps in shared memory. When the context is
- * long and the grid small, the range is split over blocks (a power of two from max_seq_len, so
- * consecutive steps replay one graph); each writes a partial to c->attn_ws and the last one of a
- * (sequence, KV head) to finish merges, resetting its counter to zero.
+ * per round trip, the first round's loads issued before the prologue. The row groups merge by
+ * shuffles, the warps in shared memory.
+ * Where the (sequence, KV head) blocks alone would leave most SMs idle (small batches), the range is
+ * split: over a thread-block cluster of up to 8 blocks whose rank 0 merges the others' partials out of
+ * distributed shared memory, and for long contexts further over clusters, whose partials go to
+ * c->attn_ws and the last cluster of a (sequence, KV head) to finish (a counter in c->attn_counters,
+ * reset to zero) merges them. Split counts are powers of two from max_seq_len, so consecutive steps
+ * replay one graph.
  */
 #include "backend/cuda/cuda_common.h"
 
+#include <cooperative_groups.h>
 #include <float.h>
 
 #define DATT_WARPS 8
@@ -64,8 +69,10 @@ template <typename T> struct datt_dtype;
 template <> struct datt_dtype<__half> { static constexpr int v = LOOM_DTYPE_F16; };
 template <> struct datt_dtype<__nv_bfloat16> { static constexpr int v = LOOM_DTYPE_BF16; };
 
-template <typename T, int D, int G>
-__global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params P)
+/* The body of both kernels (no cluster, and clusters of CL blocks: the splits of one (sequence, KV
+ * head) that merge through distributed shared memory). */
+template <typename T, int D, int G, int CL>
+static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
 {
     constexpr int R = D / 8;         /* lanes per cache row (8 elements = 16 bytes each) */
     constexpr int RPW = 32 / R;      /* rows per warp at once */
@@ -75,12 +82,12 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
     constexpr int DT = datt_dtype<T>::v;
     __shared__ float qs[G * D];
     __shared__ float kcur[D], vcur[D];
-    __shared__ int bts[DATT_BT_CAP];
     __shared__ float red[DATT_WARPS * G * (D + 2)];
+    __shared__ float part[CL > 1 ? G * (D + 2) : 1]; /* this block's partial, read by the cluster's rank 0 */
     __shared__ int last_s;
 
     PDL_PROLOGUE();
-    const int s = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int split = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int pos = P.seq_lens[s] - 1;
     const int first = P.window > 0 ? max(0, pos - P.window + 1) : 0;
@@ -88,12 +95,25 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
     const int chunk = (len + P.n_splits - 1) / P.n_splits;
     const int start = first + split * chunk;
     const int end = min(pos + 1, start + chunk);
+    const int kend = min(end, pos); /* cache rows [start, kend); the current row comes from smem */
     const int32_t *bt = P.block_tables + (int64_t)s * P.max_blocks;
     const int bsz = P.block_size;
-    const int b0 = start / bsz;
-    {
-        const int nb = start < end ? (end - 1) / bsz - b0 + 1 : 0;
-        for (int i = threadIdx.x; i < min(nb, DATT_BT_CAP); i += DATT_THREADS) bts[i] = bt[b0 + i];
+    const int grp = lane / R, c = lane % R, w = warp * RPW + grp;
+    const T *kb = (const T *)P.kc + (int64_t)kvh * D + c * 8;
+    const T *vb = (const T *)P.vc + (int64_t)kvh * D + c * 8;
+
+    /* the first round's K/V loads go out before the prologue: their latency hides behind it */
+    uint4 kr[DATT_U], vr[DATT_U];
+#pragma unroll
+    for (int k = 0; k < DATT_U; k++) {
+        const int p = start + w + k * NWORK;
+        kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+        if (p < kend) {
+            const int bi = p / bsz;
+            const int64_t sl = (int64_t)bt[bi] * bsz + (p - bi * bsz);
+            kr[k] = __ldg((const uint4 *)(kb + sl * P.k_stride));
+            vr[k] = __ldg((const uint4 *)(vb + sl * P.v_stride));
+        }
     }
 
     /* ---- prologue: q heads kvh * G + h (h < G), then k (h == G), then v (h == G + 1) ---- */
@@ -159,8 +179,7 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
     }
     __syncthreads();
 
-    /* ---- attention over [start, end): cache rows [start, min(end, pos)), the current row from smem ---- */
-    const int grp = lane / R, c = lane % R, w = warp * RPW + grp;
+    /* ---- attention over [start, end) ---- */
     float q[G][8], m[G], l[G], acc[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
@@ -188,21 +207,18 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
             }
         }
     }
-    const int kend = min(end, pos);
-    const T *kb = (const T *)P.kc + (int64_t)kvh * D + c * 8;
-    const T *vb = (const T *)P.vc + (int64_t)kvh * D + c * 8;
     for (int it = start; it < kend; it += NWORK * DATT_U) {
-        uint4 kr[DATT_U], vr[DATT_U];
+        if (it != start) {
 #pragma unroll
-        for (int k = 0; k < DATT_U; k++) {
-            const int p = it + w + k * NWORK;
-            kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
-            if (p < kend) {
-                const int bi = p / bsz;
-                const int id = bi - b0 < DATT_BT_CAP ? bts[bi - b0] : bt[bi];
-                const int64_t sl = (int64_t)id * bsz + (p - bi * bsz);
-                kr[k] = __ldg((const uint4 *)(kb + sl * P.k_stride));
-                vr[k] = __ldg((const uint4 *)(vb + sl * P.v_stride));
+            for (int k = 0; k < DATT_U; k++) {
+                const int p = it + w + k * NWORK;
+                kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+                if (p < kend) {
+                    const int bi = p / bsz;
+                    const int64_t sl = (int64_t)bt[bi] * bsz + (p - bi * bsz);
+                    kr[k] = __ldg((const uint4 *)(kb + sl * P.k_stride));
+                    vr[k] = __ldg((const uint4 *)(vb + sl * P.v_stride));
+                }
             }
         }
         float sc[DATT_U][G];
@@ -290,7 +306,22 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
 
     const int h0 = kvh * G;
     T *out = (T *)P.out + (int64_t)s * P.out_stride + (int64_t)h0 * D;
-    float *wbase = P.ws + ((int64_t)s * P.n_heads + h0) * P.n_splits * (D + 2);
+    const int gsplit = split / CL, n_gs = P.n_splits / CL; /* the cluster's place among the global splits */
+    float *wbase = P.ws + ((int64_t)s * P.n_heads + h0) * n_gs * (D + 2);
+    /* (M, L, A) of output element i: written out, or as global split gsplit's partial */
+    auto finish = [&](int i, float M, float L, float A) {
+        const int g = i / D, d = i - g * D;
+        if (n_gs == 1) {
+            out[i] = from_f<T>(L > 0.f ? A / L : 0.f);
+        } else {
+            float *wp = wbase + ((int64_t)g * n_gs + gsplit) * (D + 2);
+            if (d == 0) {
+                wp[0] = M;
+                wp[1] = L;
+            }
+            wp[2 + d] = A;
+        }
+    };
     for (int i = threadIdx.x; i < G * D; i += DATT_THREADS) {
         const int g = i / D, d = i - g * D;
         float M = -INFINITY;
@@ -306,47 +337,78 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
                 A += r[2 + d] * e;
             }
         }
-        if (P.n_splits == 1) {
-            out[i] = from_f<T>(L > 0.f ? A / L : 0.f);
+        if constexpr (CL == 1) {
+            finish(i, M, L, A);
         } else {
-            float *wp = wbase + ((int64_t)g * P.n_splits + split) * (D + 2);
+            float *pp = part + g * (D + 2);
             if (d == 0) {
-                wp[0] = M;
-                wp[1] = L;
+                pp[0] = M;
+                pp[1] = L;
             }
-            wp[2 + d] = A;
+            pp[2 + d] = A;
         }
     }
-    if (P.n_splits == 1) return;
+    if constexpr (CL > 1) {
+        /* rank 0 of the cluster merges the CL partials out of its peers' shared memory */
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync();
+        if (cluster.block_rank() == 0) {
+            for (int i = threadIdx.x; i < G * D; i += DATT_THREADS) {
+                const int g = i / D, d = i - g * D;
+                float mr[CL], M = -INFINITY;
+#pragma unroll
+                for (int r = 0; r < CL; r++) {
+                    mr[r] = cluster.map_shared_rank(part, r)[g * (D + 2)];
+                    M = fmaxf(M, mr[r]);
+                }
+                float L = 0.f, A = 0.f;
+                if (M != -INFINITY) {
+#pragma unroll
+                    for (int r = 0; r < CL; r++) {
+                        if (mr[r] == -INFINITY) continue;
+                        const float *pr = cluster.map_shared_rank(part, r) + g * (D + 2);
+                        const float e = exp2f(mr[r] - M);
+                        L += pr[1] * e;
+                        A += pr[2 + d] * e;
+                    }
+                }
+                finish(i, M, L, A);
+            }
+        }
+        cluster.sync(); /* no block leaves while rank 0 still reads its shared memory */
+        if (cluster.block_rank() != 0) return;
+    }
+    if (n_gs == 1) return;
 
-    /* the last split of this (sequence, KV head) to finish merges every split's partial */
+    /* the last global split of this (sequence, KV head) to finish merges every split's partial */
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int *ctr = P.counters + (int64_t)s * P.n_kv_heads + kvh;
         const int done = atomicAdd(ctr, 1);
-        last_s = done == P.n_splits - 1;
+        last_s = done == n_gs - 1;
         if (last_s) *ctr = 0; /* ready for the next launch */
     }
     __syncthreads();
     if (!last_s) return;
     __threadfence();
-    float *ml = red; /* [G][n_splits][2] */
-    for (int i = threadIdx.x; i < G * P.n_splits; i += DATT_THREADS) {
-        const int g = i / P.n_splits, z = i - g * P.n_splits;
-        const float *wp = wbase + ((int64_t)g * P.n_splits + z) * (D + 2);
+    float *ml = red; /* [G][n_gs][2] */
+    for (int i = threadIdx.x; i < G * n_gs; i += DATT_THREADS) {
+        const int g = i / n_gs, z = i - g * n_gs;
+        const float *wp = wbase + ((int64_t)g * n_gs + z) * (D + 2);
         ml[2 * i] = __ldcg(wp);
         ml[2 * i + 1] = __ldcg(wp + 1);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += DATT_THREADS) {
         const int g = i / D, d = i - g * D;
-        const float *wg = wbase + (int64_t)g * P.n_splits * (D + 2);
-        const float *mg = ml + 2 * g * P.n_splits;
+        const float *wg = wbase + (int64_t)g * n_gs * (D + 2);
+        const float *mg = ml + 2 * g * n_gs;
         float M = -INFINITY;
-        for (int z = 0; z < P.n_splits; z++) M = fmaxf(M, mg[2 * z]);
+        for (int z = 0; z < n_gs; z++) M = fmaxf(M, mg[2 * z]);
         float L = 0.f, A = 0.f;
-        for (int z = 0; z < P.n_splits; z++) {
+        for (int z = 0; z < n_gs; z++) {
             const float mz = mg[2 * z];
             if (mz == -INFINITY) continue;
             const float e = exp2f(mz - M);
@@ -357,26 +419,75 @@ __global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params
     }
 }
 
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(DATT_THREADS) dattn_kernel(struct dattn_params P)
+{
+    dattn_body<T, D, G, 1>(P);
+}
+
+template <typename T, int D, int G, int CL>
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(DATT_THREADS) dattn_cluster_kernel(struct dattn_params P)
+{
+    dattn_body<T, D, G, CL>(P);
+}
+
+template <typename T, int D, int G>
+static void dattn_launch_g(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int cl)
+{
+    switch (cl) {
+    case 1: cuda_launch(c, dattn_kernel<T, D, G>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 2: cuda_launch(c, dattn_cluster_kernel<T, D, G, 2>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 4: cuda_launch(c, dattn_cluster_kernel<T, D, G, 4>, grid, dim3(DATT_THREADS), 0, *P); break;
+    default: cuda_launch(c, dattn_cluster_kernel<T, D, G, 8>, grid, dim3(DATT_THREADS), 0, *P); break;
+    }
+}
+
 template <typename T, int D>
-static void dattn_launch_d(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G)
+static void dattn_launch_d(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G, int cl)
 {
     switch (G) {
-    case 1: cuda_launch(c, dattn_kernel<T, D, 1>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 2: cuda_launch(c, dattn_kernel<T, D, 2>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 3: cuda_launch(c, dattn_kernel<T, D, 3>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 4: cuda_launch(c, dattn_kernel<T, D, 4>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 5: cuda_launch(c, dattn_kernel<T, D, 5>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 6: cuda_launch(c, dattn_kernel<T, D, 6>, grid, dim3(DATT_THREADS), 0, *P); break;
-    case 7: cuda_launch(c, dattn_kernel<T, D, 7>, grid, dim3(DATT_THREADS), 0, *P); break;
-    default: cuda_launch(c, dattn_kernel<T, D, 8>, grid, dim3(DATT_THREADS), 0, *P); break;
+    case 1: dattn_launch_g<T, D, 1>(c, P, grid, cl); break;
+    case 2: dattn_launch_g<T, D, 2>(c, P, grid, cl); break;
+    case 3: dattn_launch_g<T, D, 3>(c, P, grid, cl); break;
+    case 4: dattn_launch_g<T, D, 4>(c, P, grid, cl); break;
+    case 5: dattn_launch_g<T, D, 5>(c, P, grid, cl); break;
+    case 6: dattn_launch_g<T, D, 6>(c, P, grid, cl); break;
+    case 7: dattn_launch_g<T, D, 7>(c, P, grid, cl); break;
+    default: dattn_launch_g<T, D, 8>(c, P, grid, cl); break;
     }
 }
 
 template <typename T>
-static void dattn_launch(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G)
+static void dattn_launch(struct cuda_ctx *c, const struct dattn_params *P, dim3 grid, int G, int cl)
 {
-    if (P->head_dim == 64) dattn_launch_d<T, 64>(c, P, grid, G);
-    else dattn_launch_d<T, 128>(c, P, grid, G);
+    if (P->head_dim == 64) dattn_launch_d<T, 64>(c, P, grid, G, cl);
+    else dattn_launch_d<T, 128>(c, P, grid, G, cl);
+}
+
+/* The tuning variables (LOOM_CUDA_DECODE_ATTN, LOOM_CUDA_DATT_MIN_ROWS, _CL_ROWS, _MAX_CL): read once,
+ * or at every call where LOOM_CUDA_DATT_LIVE=1 was set at the first (tests change them between calls). */
+static int dattn_env(const char *name, int def)
+{
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : def;
+}
+
+struct dattn_knobs {
+    int enabled, min_rows, cl_rows, max_cl; /* min_rows < 0: two rounds of rows */
+};
+
+static struct dattn_knobs dattn_knobs_get(void)
+{
+    static int live = -1;
+    static struct dattn_knobs k;
+    if (live < 0 || live) {
+        if (live < 0) live = dattn_env("LOOM_CUDA_DATT_LIVE", 0) == 1;
+        k.enabled = dattn_env("LOOM_CUDA_DECODE_ATTN", 1);
+        k.min_rows = dattn_env("LOOM_CUDA_DATT_MIN_ROWS", -1);
+        k.cl_rows = dattn_env("LOOM_CUDA_DATT_CL_ROWS", 16);
+        k.max_cl = dattn_env("LOOM_CUDA_DATT_MAX_CL", 8);
+    }
+    return k;
 }
 
 static bool dattn_aligned16(const void *p)
@@ -391,15 +502,15 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
                            struct loom_tensor v_cache, const struct loom_attn_meta *meta, float scale,
                            int sliding_window)
 {
-    static int enabled = -1; /* LOOM_CUDA_DECODE_ATTN=0: always false (an A/B switch) */
-    if (enabled < 0) enabled = !(getenv("LOOM_CUDA_DECODE_ATTN") && atoi(getenv("LOOM_CUDA_DECODE_ATTN")) == 0);
-    if (!enabled) return false;
+    const struct dattn_knobs knobs = dattn_knobs_get();
+    if (!knobs.enabled) return false; /* LOOM_CUDA_DECODE_ATTN=0: the separate ops (an A/B switch) */
     /* the shapes this kernel takes; anything else goes the separate ops' way */
     const enum loom_dtype dt = qkv.dtype;
     if (!meta || meta->max_query_len != 1 || meta->n_tokens != meta->n_seqs || meta->n_seqs <= 0) return false;
     if (dt != LOOM_DTYPE_BF16 && dt != LOOM_DTYPE_F16) return false;
     if (out.dtype != dt || k_cache.dtype != dt || v_cache.dtype != dt) return false;
     if (head_dim != 64 && head_dim != 128) return false;
+    if (meta->n_seqs > 65535) return false; /* grid.z */
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads) return false;
     const int G = n_heads / n_kv_heads;
     if (G > 8) return false;
@@ -449,29 +560,30 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
     P.ws = c->attn_ws;
     P.counters = c->attn_counters;
 
-    /* Split the context over blocks when the grid is small and each split keeps at least two rounds of
-     * rows (a merge costs about two rounds). A power of two from max_seq_len: consecutive decode
-     * steps launch the same grid, and every block finds its own range from seq_lens on the GPU. */
+    /* Split the context over blocks where the (sequence, KV head) blocks alone leave most SMs idle:
+     * first over a cluster of up to 8 blocks (merged through distributed shared memory, cheap) while
+     * each keeps DATT_CL_ROWS rows, then over clusters (merged through attn_ws and a counter) while
+     * each keeps two rounds of rows. Powers of two from max_seq_len: consecutive decode steps launch
+     * the same grid, and every block finds its own range from seq_lens on the GPU. The LOOM_CUDA_DATT_*
+     * variables override the thresholds (tuning and tests). */
     const int64_t blocks = (int64_t)n * n_kv_heads;
     int max_len = meta->max_seq_len;
     if (sliding_window > 0 && max_len > sliding_window) max_len = sliding_window;
     const int rows_round = DATT_WARPS * (32 / (head_dim / 8)) * DATT_U;
     const size_t per_split = (size_t)n * n_heads * (head_dim + 2) * sizeof(float);
-    static int min_rows_env = -2; /* LOOM_CUDA_DATT_MIN_ROWS: the fewest rows a split keeps (a tuning aid) */
-    if (min_rows_env == -2) {
-        const char *e = getenv("LOOM_CUDA_DATT_MIN_ROWS");
-        min_rows_env = e ? atoi(e) : -1;
-    }
-    const int min_rows = min_rows_env >= 0 ? min_rows_env : 2 * rows_round;
-    int splits = 1;
-    while (splits < DATT_MAX_SPLITS && blocks * splits * 2 <= (int64_t)c->sm_count &&
-           max_len / (splits * 2) >= min_rows && per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES &&
+    const int min_rows = knobs.min_rows >= 0 ? knobs.min_rows : 2 * rows_round;
+    const int cl_rows = knobs.cl_rows, max_cl = knobs.max_cl;
+    int cl = 1;
+    while (cl < 8 && cl * 2 <= max_cl && blocks * cl * 2 <= (int64_t)c->sm_count && max_len / (cl * 2) >= cl_rows)
+        cl *= 2;
+    int gs = 1;
+    while (cl * gs < DATT_MAX_SPLITS && blocks * cl * gs * 2 <= (int64_t)c->sm_count &&
+           max_len / (cl * gs * 2) >= min_rows && per_split * gs * 2 <= LOOM_CUDA_ATTN_WS_BYTES &&
            blocks <= DATT_MAX_COUNTERS)
-        splits *= 2;
-    P.n_splits = splits;
-    LOOM_ASSERT(n <= 2147483647 && n_kv_heads <= 65535);
-    dim3 grid((unsigned)n, (unsigned)n_kv_heads, (unsigned)splits);
-    if (dt == LOOM_DTYPE_BF16) dattn_launch<__nv_bfloat16>(c, &P, grid, G);
-    else dattn_launch<__half>(c, &P, grid, G);
+        gs *= 2;
+    P.n_splits = cl * gs;
+    dim3 grid((unsigned)(cl * gs), (unsigned)n_kv_heads, (unsigned)n);
+    if (dt == LOOM_DTYPE_BF16) dattn_launch<__nv_bfloat16>(c, &P, grid, G, cl);
+    else dattn_launch<__half>(c, &P, grid, G, cl);
     return true;
 }
