@@ -135,38 +135,59 @@ template <typename T> __device__ __forceinline__ uint4 pack8(const float *f)
 }
 
 /* NB: rows of x a launch may have (1, 2, 4 or 8; a.n <= NB). KW warps share a row of w (long k): each
- * takes every KW-th 256-element slice, then they add up. */
+ * takes every KW-th 256-element slice, then they add up. From 4 rows of x on, a warp takes RW
+ * consecutive outputs, so each slice of x it loads serves RW rows of w (at 8 rows of x, one row of w
+ * per warp re-read x eight times per weight byte and was bound by those loads, not by memory). */
+template <int NB, int EPI> struct gemv_shape {
+    static constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1;          /* rows of w per output */
+    static constexpr int RW = NB >= 4 ? 4 / NR : 1;                    /* outputs per warp */
+};
+
 template <typename TW, typename TX, int NB, int KW, bool NORM, int EPI>
 __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args a)
 {
-    constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1; /* rows of w per output */
-    /* slices in flight per lane: long rows (KW = 4: k > 2048) take 8, so that k up to 8192 is one round trip */
-    constexpr int BATCH = KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH;
+    constexpr int NR = gemv_shape<NB, EPI>::NR, RW = gemv_shape<NB, EPI>::RW;
+    /* 16-byte slices of w in flight per lane: 4 per row of w (8 for KW = 4, k > 2048: one round trip up
+     * to k = 8192), or 8 in all when a warp has several rows */
+    constexpr int BATCH = RW == 1 ? (KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH) : (2 * GEMV_BATCH) / (RW * NR);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (GEMV_WARPS / KW) + warp / KW, part = warp % KW;
+    const int row0 = (blockIdx.x * (GEMV_WARPS / KW) + warp / KW) * RW, part = warp % KW;
     const int k = a.k, n = a.n;
-    const bool live = row < a.m;
     const int step = 256 * KW, c_first = (part * 32 + lane) * 8;
-    const TW *wr[NR];
+    const TW *wr[RW][NR];
+    bool live[RW];
 #pragma unroll
-    for (int r = 0; r < NR; r++) wr[r] = (const TW *)a.w + (row + r * a.pair) * a.wstride;
+    for (int i = 0; i < RW; i++) {
+        live[i] = row0 + i < a.m;
+#pragma unroll
+        for (int r = 0; r < NR; r++) wr[i][r] = (const TW *)a.w + (row0 + i + r * a.pair) * a.wstride;
+    }
 
     /* BATCH 16-byte slices of w (and, for one or two rows of x, of x) are loaded before any is
      * used: one memory round trip per batch instead of one per slice */
-    uint4 wv[BATCH][NR];
+    uint4 wv[BATCH][RW][NR];
 #pragma unroll
     for (int u = 0; u < BATCH; u++) {
         int c = c_first + u * step;
 #pragma unroll
-        for (int r = 0; r < NR; r++) wv[u][r] = live && c < k ? __ldg((const uint4 *)(wr[r] + c)) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < RW; i++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                wv[u][i][r] = live[i] && c < k ? __ldg((const uint4 *)(wr[i][r] + c)) : make_uint4(0, 0, 0, 0);
     }
     /* the epilogue's operands, fetched now: the bias (a weight) before the wait, the residual after */
-    const bool storer = part == 0 && live && lane < n;
-    const int64_t o = (int64_t)lane * a.ostride + row;
-    float bias = 0.f, old = 0.f;
-    if (EPI != GEMV_SILU_PAIRS && a.bias && storer) bias = ld_f(a.bias, a.bdt, row);
+    const bool storer = part == 0 && lane < n;
+    float bias[RW], old[RW];
+#pragma unroll
+    for (int i = 0; i < RW; i++) {
+        bias[i] = old[i] = 0.f;
+        if (EPI != GEMV_SILU_PAIRS && a.bias && storer && live[i]) bias[i] = ld_f(a.bias, a.bdt, row0 + i);
+    }
     PDL_PROLOGUE();
-    if (EPI == GEMV_ACCUMULATE && storer) old = ld_f(a.out, a.odt, o);
+    if (EPI == GEMV_ACCUMULATE && storer)
+#pragma unroll
+        for (int i = 0; i < RW; i++)
+            if (live[i]) old[i] = ld_f(a.out, a.odt, (int64_t)lane * a.ostride + row0 + i);
 
     const TX *x = (const TX *)a.x;
     int64_t xstride = a.xstride;
@@ -216,12 +237,14 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
     /* rows past n repeat the last row (computed, never stored): no branch in the unrolled loops, so
      * the loads of every row issue together */
     auto xrow = [n](int b) { return (int64_t)(b < n ? b : n - 1); };
-    float acc[NR][NB];
+    float acc[RW][NR][NB];
 #pragma unroll
-    for (int r = 0; r < NR; r++)
+    for (int i = 0; i < RW; i++)
 #pragma unroll
-        for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
-    if (live) {
+        for (int r = 0; r < NR; r++)
+#pragma unroll
+            for (int b = 0; b < NB; b++) acc[i][r][b] = 0.f;
+    if (live[0]) {
         for (int c0 = c_first; c0 < k; c0 += BATCH * step) {
             uint4 xv[BATCH][NB <= 2 ? NB : 1];
 #pragma unroll
@@ -229,8 +252,10 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                 int c = c0 + u * step;
                 if (c0 != c_first)
 #pragma unroll
-                    for (int r = 0; r < NR; r++)
-                        wv[u][r] = c < k ? __ldg((const uint4 *)(wr[r] + c)) : make_uint4(0, 0, 0, 0);
+                    for (int i = 0; i < RW; i++)
+#pragma unroll
+                        for (int r = 0; r < NR; r++)
+                            wv[u][i][r] = live[i] && c < k ? __ldg((const uint4 *)(wr[i][r] + c)) : make_uint4(0, 0, 0, 0);
                 if constexpr (NB <= 2) {
 #pragma unroll
                     for (int b = 0; b < NB; b++)
@@ -241,9 +266,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
             for (int u = 0; u < BATCH; u++) {
                 int c = c0 + u * step;
                 if (c >= k) break;
-                float wf[NR][8];
-#pragma unroll
-                for (int r = 0; r < NR; r++) unpack8(wv[u][r], wf[r], (const TW *)0);
 #pragma unroll
                 for (int b = 0; b < NB; b++) {
                     float xf[8];
@@ -252,52 +274,67 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
                     else
                         unpack8(*(const uint4 *)(x + xrow(b) * xstride + c), xf, (const TX *)0);
 #pragma unroll
-                    for (int r = 0; r < NR; r++)
+                    for (int i = 0; i < RW; i++)
 #pragma unroll
-                        for (int j = 0; j < 8; j++) acc[r][b] = fmaf(wf[r][j], xf[j], acc[r][b]);
+                        for (int r = 0; r < NR; r++) {
+                            float wf[8];
+                            unpack8(wv[u][i][r], wf, (const TW *)0);
+#pragma unroll
+                            for (int j = 0; j < 8; j++) acc[i][r][b] = fmaf(wf[j], xf[j], acc[i][r][b]);
+                        }
                 }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < NR; r++)
+    for (int i = 0; i < RW; i++)
 #pragma unroll
-        for (int b = 0; b < NB; b++)
+        for (int r = 0; r < NR; r++)
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], o);
+            for (int b = 0; b < NB; b++)
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) acc[i][r][b] += __shfl_xor_sync(0xffffffffu, acc[i][r][b], o);
     if (KW > 1) {
-        __shared__ float red[GEMV_WARPS][NR][NB];
+        __shared__ float red[GEMV_WARPS][RW][NR][NB];
         if (lane == 0)
 #pragma unroll
-            for (int r = 0; r < NR; r++)
+            for (int i = 0; i < RW; i++)
 #pragma unroll
-                for (int b = 0; b < NB; b++) red[warp][r][b] = acc[r][b];
+                for (int r = 0; r < NR; r++)
+#pragma unroll
+                    for (int b = 0; b < NB; b++) red[warp][i][r][b] = acc[i][r][b];
         __syncthreads();
         if (part == 0)
 #pragma unroll
-            for (int r = 0; r < NR; r++)
+            for (int i = 0; i < RW; i++)
 #pragma unroll
-                for (int b = 0; b < NB; b++) {
-                    float t = 0.f;
+                for (int r = 0; r < NR; r++)
 #pragma unroll
-                    for (int j = 0; j < KW; j++) t += red[warp + j][r][b];
-                    acc[r][b] = t;
-                }
+                    for (int b = 0; b < NB; b++) {
+                        float t = 0.f;
+#pragma unroll
+                        for (int j = 0; j < KW; j++) t += red[warp + j][i][r][b];
+                        acc[i][r][b] = t;
+                    }
     }
-    if (storer) {
+    if (!storer) return;
+#pragma unroll
+    for (int i = 0; i < RW; i++) {
+        if (!live[i]) continue;
         float v[NR];
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             v[r] = 0.f;
 #pragma unroll
             for (int b = 0; b < NB; b++)
-                if (b == lane) v[r] = acc[r][b];
+                if (b == lane) v[r] = acc[i][r][b];
         }
-        if (EPI != GEMV_SILU_PAIRS && a.bias) v[0] += bias;
+        const int64_t o = (int64_t)lane * a.ostride + row0 + i;
+        if (EPI != GEMV_SILU_PAIRS && a.bias) v[0] += bias[i];
         if constexpr (EPI == GEMV_STORE) {
             st_f(a.out, a.odt, o, v[0]);
         } else if constexpr (EPI == GEMV_ACCUMULATE) { /* as matmul into a temporary, then the residual add */
-            st_f(a.out, a.odt, o, gemv_round(a.odt, v[0]) + old);
+            st_f(a.out, a.odt, o, gemv_round(a.odt, v[0]) + old[i]);
         } else { /* as the gate|up matmul, then silu_mul */
             float g = gemv_round(a.odt, v[0]), up = gemv_round(a.odt, v[1]);
             st_f(a.out, a.odt, o, g / (1.f + expf(-g)) * up);
@@ -308,17 +345,19 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
 template <typename TW, typename TX, int KW, bool NORM, int EPI>
 static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
 {
-    const int rows_per_block = GEMV_WARPS / KW;
-    dim3 grid((a.m + rows_per_block - 1) / rows_per_block), block(32 * GEMV_WARPS);
+    dim3 block(32 * GEMV_WARPS);
     size_t smem = NORM ? (size_t)a.n * a.k * sizeof(TX) : 0;
-    if (a.n == 1)
-        cuda_launch(c, gemv_kernel<TW, TX, 1, KW, NORM, EPI>, grid, block, smem, a);
-    else if (a.n == 2)
-        cuda_launch(c, gemv_kernel<TW, TX, 2, KW, NORM, EPI>, grid, block, smem, a);
-    else if (a.n <= 4)
-        cuda_launch(c, gemv_kernel<TW, TX, 4, KW, NORM, EPI>, grid, block, smem, a);
-    else
-        cuda_launch(c, gemv_kernel<TW, TX, 8, KW, NORM, EPI>, grid, block, smem, a);
+#define GEMV_GO(NB)                                                                                      \
+    do {                                                                                                 \
+        const int rows_per_block = GEMV_WARPS / KW * gemv_shape<NB, EPI>::RW;                           \
+        dim3 grid((a.m + rows_per_block - 1) / rows_per_block);                                          \
+        cuda_launch(c, gemv_kernel<TW, TX, NB, KW, NORM, EPI>, grid, block, smem, a);                    \
+    } while (0)
+    if (a.n == 1) GEMV_GO(1);
+    else if (a.n == 2) GEMV_GO(2);
+    else if (a.n <= 4) GEMV_GO(4);
+    else GEMV_GO(8);
+#undef GEMV_GO
 }
 
 /* Warps per row: about four 16-byte loads per lane in flight, at most 4 warps on one row (2 with the
