@@ -417,7 +417,9 @@ int main(void)
     for (int e = 0; e < 3; e++) {
         setenv("LOOM_CUDA_DATT_MIN_ROWS", envs[e][0], 1);
         setenv("LOOM_CUDA_DATT_MAX_CL", envs[e][1], 1);
-        printf("  LOOM_CUDA_DATT_MIN_ROWS=%s LOOM_CUDA_DATT_MAX_CL=%s\n", envs[e][0], envs[e][1]);
+        setenv("LOOM_CUDA_DATT_EARLY", e == 2 ? "0" : "1", 1); /* and the PDL wait first once */
+        printf("  LOOM_CUDA_DATT_MIN_ROWS=%s LOOM_CUDA_DATT_MAX_CL=%s LOOM_CUDA_DATT_EARLY=%d\n", envs[e][0], envs[e][1],
+               e == 2 ? 0 : 1);
         struct dcase forced[] = {
             {LOOM_DTYPE_BF16, 64, 14, 2, false, 0, 1, 0, 3000},  {LOOM_DTYPE_F16, 128, 32, 4, true, 700, 3, 1, 2500},
             {LOOM_DTYPE_BF16, 128, 16, 16, true, 0, 2, 0, 900},  {LOOM_DTYPE_F16, 64, 32, 4, false, 0, 8, 2, 1500},
@@ -427,6 +429,7 @@ int main(void)
     }
     unsetenv("LOOM_CUDA_DATT_MIN_ROWS");
     unsetenv("LOOM_CUDA_DATT_MAX_CL");
+    unsetenv("LOOM_CUDA_DATT_EARLY");
 
     /* what it must refuse */
     struct dcase f32 = {LOOM_DTYPE_F32, 64, 14, 2, false, 0, 3, 1, 300};

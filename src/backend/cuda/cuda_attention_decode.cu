@@ -47,6 +47,7 @@ struct dattn_params {
     int qndt, kndt;
     float eps, scale_log2; /* scale * log2(e): scores in the log2 domain */
     int n_heads, n_kv_heads, head_dim, block_size, max_blocks, window, n_splits;
+    int early;     /* issue the metadata, constant and earlier-row loads before the PDL wait */
     float *ws;     /* [n_seqs, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
     int *counters; /* [n_seqs * n_kv_heads], zero between launches */
 };
@@ -86,7 +87,10 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
     __shared__ float part[CL > 1 ? G * (D + 2) : 1]; /* this block's partial, read by the cluster's rank 0 */
     __shared__ int last_s;
 
-    PDL_PROLOGUE();
+    /* Before the PDL wait this kernel reads only what no kernel of the step writes: the step's metadata
+     * (uploaded before the step's first kernel), cache rows of earlier positions (written by earlier
+     * steps), and model constants. P.early = 0 (LOOM_CUDA_DATT_EARLY=0) waits first instead. */
+    if (!P.early) PDL_PROLOGUE();
     const int split = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int pos = P.seq_lens[s] - 1;
@@ -116,9 +120,26 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
         }
     }
 
+    /* model constants of this lane's rotation pairs, and the step's position and slot */
+    float fr[PL], nqa[PL], nqb[PL], nka[PL], nkb[PL];
+#pragma unroll
+    for (int u = 0; u < PL; u++) {
+        const int j = lane + 32 * u;
+        fr[u] = P.inv_freq[j];
+        nqa[u] = nqb[u] = nka[u] = nkb[u] = 0.f;
+        if (P.qn) {
+            nqa[u] = ld_f(P.qn, P.qndt, j);
+            nqb[u] = ld_f(P.qn, P.qndt, j + HALF);
+            nka[u] = ld_f(P.kn, P.kndt, j);
+            nkb[u] = ld_f(P.kn, P.kndt, j + HALF);
+        }
+    }
+    const float fpos = (float)P.positions[s];
+    const int64_t slot = P.slots[s];
+    if (P.early) PDL_PROLOGUE(); /* the q|k|v row is the previous kernel's output */
+
     /* ---- prologue: q heads kvh * G + h (h < G), then k (h == G), then v (h == G + 1) ---- */
     const T *row = (const T *)P.qkv + (int64_t)s * P.qkv_stride;
-    const int64_t slot = P.slots[s];
     const bool writer = split == 0 && slot >= 0;
     for (int h = warp; h < G + 2; h += DATT_WARPS) {
         if (h == G + 1) {
@@ -140,9 +161,7 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
             a[u] = to_f(src[j]);
             b[u] = to_f(src[j + HALF]);
         }
-        const void *nw = is_q ? P.qn : P.kn;
-        if (nw) { /* exactly qkv_rope_store_kernel's expressions */
-            const int nwdt = is_q ? P.qndt : P.kndt;
+        if (P.qn) { /* exactly qkv_rope_store_kernel's expressions */
             float ss = 0.f;
 #pragma unroll
             for (int u = 0; u < PL; u++) ss += a[u] * a[u] + b[u] * b[u];
@@ -151,17 +170,16 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
 #pragma unroll
             for (int u = 0; u < PL; u++) {
                 const int j = lane + 32 * u;
-                a[u] = datt_round(DT, a[u] * inv * ld_f(nw, nwdt, j));
-                b[u] = datt_round(DT, b[u] * inv * ld_f(nw, nwdt, j + HALF));
+                a[u] = datt_round(DT, a[u] * inv * (is_q ? nqa[u] : nka[u]));
+                b[u] = datt_round(DT, b[u] * inv * (is_q ? nqb[u] : nkb[u]));
             }
         }
-        const float fpos = (float)P.positions[s];
         T *kdst = (T *)P.kc + slot * P.k_stride + (int64_t)kvh * D;
 #pragma unroll
         for (int u = 0; u < PL; u++) {
             const int j = lane + 32 * u;
             float sn, cs;
-            sincosf(fpos * P.inv_freq[j], &sn, &cs);
+            sincosf(fpos * fr[u], &sn, &cs);
             const T ra = from_f<T>(a[u] * cs - b[u] * sn);
             const T rb = from_f<T>(b[u] * cs + a[u] * sn);
             if (is_q) {
@@ -464,7 +482,7 @@ static void dattn_launch(struct cuda_ctx *c, const struct dattn_params *P, dim3 
     else dattn_launch_d<T, 128>(c, P, grid, G, cl);
 }
 
-/* The tuning variables (LOOM_CUDA_DECODE_ATTN, LOOM_CUDA_DATT_MIN_ROWS, _CL_ROWS, _MAX_CL): read once,
+/* The tuning variables (LOOM_CUDA_DECODE_ATTN, LOOM_CUDA_DATT_MIN_ROWS, _CL_ROWS, _MAX_CL, _EARLY): read once,
  * or at every call where LOOM_CUDA_DATT_LIVE=1 was set at the first (tests change them between calls). */
 static int dattn_env(const char *name, int def)
 {
@@ -473,7 +491,7 @@ static int dattn_env(const char *name, int def)
 }
 
 struct dattn_knobs {
-    int enabled, min_rows, cl_rows, max_cl; /* min_rows < 0: two rounds of rows */
+    int enabled, min_rows, cl_rows, max_cl, early; /* min_rows < 0: two rounds of rows */
 };
 
 static struct dattn_knobs dattn_knobs_get(void)
@@ -486,6 +504,7 @@ static struct dattn_knobs dattn_knobs_get(void)
         k.min_rows = dattn_env("LOOM_CUDA_DATT_MIN_ROWS", -1);
         k.cl_rows = dattn_env("LOOM_CUDA_DATT_CL_ROWS", 16);
         k.max_cl = dattn_env("LOOM_CUDA_DATT_MAX_CL", 8);
+        k.early = dattn_env("LOOM_CUDA_DATT_EARLY", 1) != 0;
     }
     return k;
 }
@@ -557,6 +576,7 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
     P.block_size = meta->block_size;
     P.max_blocks = meta->max_blocks_per_seq;
     P.window = sliding_window;
+    P.early = knobs.early;
     P.ws = c->attn_ws;
     P.counters = c->attn_counters;
 
