@@ -257,6 +257,9 @@ struct loom_backend {
     /* Issuing the same work again is cheaper than new work (CUDA replays recorded graphs): the model
      * pads decode steps to a few batch sizes so that steps of nearby sizes issue identical work. */
     bool replays_work;
+    /* ops->alloc calls so far: once a model is loaded and its KV pool allocated, steps add none
+     * (tests check it) */
+    long long n_allocs;
 };
 
 struct loom_backend_options {

@@ -5,7 +5,10 @@
  * a scattered block table, two sequences in one batch, decode steps through the KV cache) and must
  * give the same logits bit for bit, for weights as stored and converted at load (--dtype float32,
  * bfloat16). Also checked: the fused tensors exist where expected (dense and MoE layers, biases),
- * the separate views point into them, and LOOM_FUSE_WEIGHTS=0 leaves them unset.
+ * the separate views point into them, and LOOM_FUSE_WEIGHTS=0 leaves them unset. The same script with
+ * LOOM_FUSE_OPS=0 (the backend's optional fused ops matmul_fused / decode_attention never used) gives
+ * the same logits as with them. Once a model is loaded and its KV pool allocated, its steps (sampling
+ * on the backend with logprobs included) call the backend's alloc no more.
  * Compiled again as test_cuda_fused.c (FUSED_ON_CUDA): the same on the CUDA backend, where fusing is
  * the default, within a tolerance (cuBLAS may pick another algorithm for a taller matrix).
  */
@@ -85,18 +88,21 @@ static void check_sampling_rows(struct loom_model *m, const struct loom_batch *b
 }
 
 /* Runs the fixed script on a fresh load; returns the logits (NULL on a load failure). */
-static float *run_script(struct loom_backend *be, const char *dir, enum loom_dtype want, const char *fuse, size_t *n_out,
-                         struct loom_model **keep)
+static float *run_script(struct loom_backend *be, const char *dir, enum loom_dtype want, const char *fuse,
+                         const char *fuse_ops, size_t *n_out, struct loom_model **keep)
 {
     setenv("LOOM_FUSE_WEIGHTS", fuse, 1);
+    setenv("LOOM_FUSE_OPS", fuse_ops, 1);
     struct loom_model_options mo = {.weight_dtype = want, .max_batch_tokens = 64, .max_batch_seqs = 2,
                                     .max_logit_rows = 64, .max_model_len = 0};
     struct loom_model *m = NULL;
     int st = loom_model_load(dir, be, &mo, &m);
     unsetenv("LOOM_FUSE_WEIGHTS");
+    unsetenv("LOOM_FUSE_OPS");
     CHECK_MSG(st == 0, "%s: load: %s", dir, loom_last_error());
     if (st) return NULL;
     CHECK(loom_model_alloc_kv(m, NB, BS) == 0);
+    const long long allocs = be->n_allocs; /* from here on, steps allocate nothing */
     const int V = m->cfg.vocab_size;
     const int steps = 4, L0 = 13, L1 = 9;
     float *out = loom_calloc((size_t)(L0 + L1 + 2 * steps), (size_t)V * sizeof(float));
@@ -137,6 +143,7 @@ static float *run_script(struct loom_backend *be, const char *dir, enum loom_dty
         CHECK_MSG(st == 0, "decode: %s", loom_last_error());
         off += (size_t)ns * V;
     }
+    CHECK_MSG(be->n_allocs == allocs, "%s: the steps allocated backend memory %lld times", dir, be->n_allocs - allocs);
     *n_out = off;
     if (keep) *keep = m;
     else loom_model_free(m);
@@ -176,6 +183,30 @@ static void check_layout(struct loom_model *m, bool fused, const char *what)
     }
 }
 
+/* Two runs' logits: bit for bit (tol 0) or within tol (relative). */
+static void compare_runs(const float *a, size_t na, const float *b, size_t nb, double tol, const char *what)
+{
+    CHECK_EQ_INT(na, nb);
+    double num = 0, den = 0, worst = 0;
+    size_t diff = 0, nonfinite = 0;
+    for (size_t i = 0; i < na && i < nb; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) nonfinite++;
+        double d = (double)a[i] - b[i];
+        diff += a[i] != b[i];
+        num += d * d;
+        den += (double)a[i] * a[i];
+        if (fabs(d) > worst) worst = fabs(d);
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (tol == 0)
+        CHECK_MSG(diff == 0 && nonfinite == 0, "%s: %zu of %zu logits differ (max %g), %zu non-finite", what, diff, na,
+                  worst, nonfinite);
+    else
+        CHECK_MSG(rel <= tol && nonfinite == 0, "%s: relative difference %.3g > %.1g (%zu non-finite)", what, rel, tol,
+                  nonfinite);
+    printf("  %-60s %zu logits, %zu differ, rel %.2e\n", what, na, diff, rel);
+}
+
 static void test_model(struct loom_backend *be, const char *name, double tol)
 {
     char dir[1024];
@@ -185,8 +216,8 @@ static void test_model(struct loom_backend *be, const char *name, double tol)
     for (int wi = 0; wi < 3; wi++) {
         size_t na = 0, nb = 0;
         struct loom_model *ma = NULL, *mb = NULL;
-        float *a = run_script(be, dir, wants[wi], "0", &na, &ma);
-        float *b = run_script(be, dir, wants[wi], "1", &nb, &mb);
+        float *a = run_script(be, dir, wants[wi], "0", "1", &na, &ma);
+        float *b = run_script(be, dir, wants[wi], "1", "1", &nb, &mb);
         char what[160];
         snprintf(what, sizeof what, "%s (%s) on %s", name, wi ? loom_dtype_name(wants[wi]) : "as stored", be->name);
         if (!a || !b) {
@@ -198,25 +229,16 @@ static void test_model(struct loom_backend *be, const char *name, double tol)
         }
         check_layout(ma, false, what);
         check_layout(mb, true, what);
-        CHECK_EQ_INT(na, nb);
-        double num = 0, den = 0, worst = 0;
-        size_t diff = 0, nonfinite = 0;
-        for (size_t i = 0; i < na && i < nb; i++) {
-            if (!isfinite(a[i]) || !isfinite(b[i])) nonfinite++;
-            double d = (double)a[i] - b[i];
-            diff += a[i] != b[i];
-            num += d * d;
-            den += (double)a[i] * a[i];
-            if (fabs(d) > worst) worst = fabs(d);
+        compare_runs(a, na, b, nb, tol, what);
+        /* the backend's optional fused ops (matmul_fused, decode_attention) against the separate ones */
+        size_t nc = 0;
+        float *c2 = run_script(be, dir, wants[wi], "1", "0", &nc, NULL);
+        if (c2) {
+            char what2[200];
+            snprintf(what2, sizeof what2, "%s, LOOM_FUSE_OPS=0 vs 1", what);
+            compare_runs(c2, nc, b, nb, tol, what2);
+            free(c2);
         }
-        double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-        if (tol == 0)
-            CHECK_MSG(diff == 0 && nonfinite == 0, "%s: %zu of %zu logits differ (max %g), %zu non-finite", what, diff,
-                      na, worst, nonfinite);
-        else
-            CHECK_MSG(rel <= tol && nonfinite == 0, "%s: relative difference %.3g > %.1g (%zu non-finite)", what, rel,
-                      tol, nonfinite);
-        printf("  %-48s %zu logits, %zu differ, rel %.2e\n", what, na, diff, rel);
         free(a);
         free(b);
         loom_model_free(ma);

@@ -21,7 +21,7 @@
 
 static void *cpu_alloc(struct loom_backend *be, size_t bytes)
 {
-    (void)be;
+    be->n_allocs++;
     void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!p && bytes) LOOM_DIE("out of host memory allocating %zu bytes", bytes);
     return p;

@@ -31,6 +31,7 @@ static void *cuda_alloc(struct loom_backend *be, size_t bytes)
 {
     void *p = NULL;
     (void)cuda_ctx_of(be); /* the backend's device current on this thread */
+    be->n_allocs++;
     if (bytes == 0) bytes = 1;
     cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess)
