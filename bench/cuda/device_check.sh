@@ -4,7 +4,7 @@
 # cuda-labelled test, optionally times `loom bench`, and prints a short table last. Logs go to $OUT.
 #
 #   bash bench/cuda/device_check.sh                 # cmake + build here (needs nvcc, cmake, pkg-config deps)
-#   BIN=.dev/cuda-bin.tgz bash bench/cuda/device_check.sh   # what bench/cuda/pack.sh built here (carried)
+#   BIN=.dev/cuda-bin.txz bash bench/cuda/device_check.sh   # what bench/cuda/pack.sh built here (carried)
 #   BENCH="cmd ..." ...          # also run this command ($BIN is the binaries' folder), output in $OUT/bench.log
 #
 # LOOM_SHARED (the ../shared test data) defaults to .dev/shared: the device tool copies only the
@@ -29,7 +29,7 @@ T0=$(date +%s)
 
 BIN=${BIN:-}
 if [ -f "$BIN" ]; then # a tarball from pack.sh
-    rm -rf /tmp/loom-bin && mkdir -p /tmp/loom-bin && tar -C /tmp/loom-bin -xzf "$BIN" && BIN=/tmp/loom-bin/$(basename "$BIN" .tgz)
+    rm -rf /tmp/loom-bin && mkdir -p /tmp/loom-bin && { tar -C /tmp/loom-bin -xf "$BIN" || python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BIN" /tmp/loom-bin; } && BIN=/tmp/loom-bin/$(basename "${BIN%.t?z}")
 fi
 if [ -z "$BIN" ]; then
     echo "== building (cmake, sm_90)"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # issue6_bench.sh: the CUDA benchmark set of issue 6 in one device call (bench/RESULTS.md quotes it).
 # Runs on the GPU machine with the binaries from bench/cuda/pack.sh:
-#   run(command='bash bench/cuda/issue6_bench.sh', carry=['.dev/cuda-bin.tgz', '.dev/shared'])
-# BIN=.dev/x-bin.tgz takes another pack; ONLY=REGEX runs only the matching steps; TESTS=0 skips the tests.
+#   run(command='bash bench/cuda/issue6_bench.sh', carry=['.dev/cuda-bin.txz', '.dev/shared'])
+# BIN=.dev/x-bin.txz takes another pack; ONLY=REGEX runs only the matching steps; TESTS=0 skips the tests.
 # Random bf16 weights at real shapes (loom make-model); every figure with its command in $OUT/bench.log,
 # the --json files in $OUT/json.tgz. Later steps are skipped when the time budget (SECS) runs out.
 set -uo pipefail
@@ -10,10 +10,10 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/loom-bench-out}
 SECS=${SECS:-540}
 T0=$(date +%s)
-BIN=${BIN:-.dev/cuda-bin.tgz} # pack.sh's tarball (PACK=... names others)
+BIN=${BIN:-.dev/cuda-bin.txz} # pack.sh's tarball (PACK=... names others)
 mkdir -p "$OUT/json" /tmp/loom-bin
-tar -C /tmp/loom-bin -xzf "$BIN"
-B=/tmp/loom-bin/$(basename "$BIN" .tgz)
+{ tar -C /tmp/loom-bin -xf "$BIN" || python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BIN" /tmp/loom-bin; }
+B=/tmp/loom-bin/$(basename "${BIN%.t?z}")
 export LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" LOOM_SHARED=$PWD/.dev/shared
 LOG=$OUT/bench.log
 left() { echo $(( SECS - ($(date +%s) - T0) )); }
