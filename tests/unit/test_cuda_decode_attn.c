@@ -417,7 +417,7 @@ int main(void)
     for (int e = 0; e < 3; e++) {
         setenv("LOOM_CUDA_DATT_MIN_ROWS", envs[e][0], 1);
         setenv("LOOM_CUDA_DATT_MAX_CL", envs[e][1], 1);
-        setenv("LOOM_CUDA_DATT_EARLY", e == 2 ? "0" : "1", 1); /* and the PDL wait first once */
+        setenv("LOOM_CUDA_DATT_EARLY", e == 2 ? "0" : "1", 1); /* loads before the PDL wait (default: after) */
         printf("  LOOM_CUDA_DATT_MIN_ROWS=%s LOOM_CUDA_DATT_MAX_CL=%s LOOM_CUDA_DATT_EARLY=%d\n", envs[e][0], envs[e][1],
                e == 2 ? 0 : 1);
         struct dcase forced[] = {
