@@ -17,7 +17,6 @@
 #define ATTN_TILE 32
 #define ATTN_THREADS 128
 #define ATTN_MAX_SPLITS 64
-#define ATTN_MAX_COUNTERS 4096
 
 
 static size_t attn_smem_bytes(int group, int head_dim)
@@ -218,8 +217,8 @@ void cuda_attention_init(struct cuda_ctx *c)
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, ATTN_MAX_COUNTERS * sizeof(int)));
-    CUDA_CHECK(cudaMemset(c->attn_counters, 0, ATTN_MAX_COUNTERS * sizeof(int)));
+    CUDA_CHECK(cudaMalloc((void **)&c->attn_counters, LOOM_CUDA_ATTN_COUNTERS * sizeof(int)));
+    CUDA_CHECK(cudaMemset(c->attn_counters, 0, LOOM_CUDA_ATTN_COUNTERS * sizeof(int)));
     cuda_attention_tc_init(c);
 }
 
@@ -292,7 +291,7 @@ void cuda_attention(struct loom_backend *be, struct loom_tensor out, struct loom
     int tiles = (max_len + ATTN_TILE - 1) / ATTN_TILE;
     size_t per_split = (size_t)n_tokens * n_heads * (head_dim + 2) * sizeof(float);
     while (splits < ATTN_MAX_SPLITS && blocks * splits * 2 <= target && splits * 2 <= tiles &&
-           per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= ATTN_MAX_COUNTERS &&
+           per_split * splits * 2 <= LOOM_CUDA_ATTN_WS_BYTES && blocks <= LOOM_CUDA_ATTN_COUNTERS &&
            2 * P.group * splits * 2 <= ATTN_TILE * (2 * head_dim + 1)) /* the merge's (max, sum) fit in K|V smem */
         splits *= 2;
     P.n_splits = splits;

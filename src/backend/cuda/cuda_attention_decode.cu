@@ -37,7 +37,6 @@
 #define DATT_THREADS (32 * DATT_WARPS)
 #define DATT_U 4             /* rows per row group per round trip */
 #define DATT_MAX_SPLITS 64
-#define DATT_MAX_COUNTERS 4096 /* c->attn_counters' length (ATTN_MAX_COUNTERS in cuda_attention.cu) */
 #define DATT_BT_CAP 256      /* block-table entries of a block's range kept in shared memory */
 #define DATT_LOG2E 1.4426950408889634f
 
@@ -176,7 +175,6 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
             const float inv = rsqrtf(ss / (float)P.head_dim + P.eps);
 #pragma unroll
             for (int u = 0; u < PL; u++) {
-                const int j = lane + 32 * u;
                 a[u] = datt_round(DT, a[u] * inv * (is_q ? nqa[u] : nka[u]));
                 b[u] = datt_round(DT, b[u] * inv * (is_q ? nqb[u] : nkb[u]));
             }
@@ -374,6 +372,9 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
         }
     }
     if constexpr (CL > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+        __trap(); /* clusters need sm_90: never launched on older devices (cuda_decode_attention) */
+#else
         /* rank 0 of the cluster merges the CL partials out of its peers' shared memory */
         namespace cg = cooperative_groups;
         cg::cluster_group cluster = cg::this_cluster();
@@ -403,6 +404,7 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
         }
         cluster.sync(); /* no block leaves while rank 0 still reads its shared memory */
         if (cluster.block_rank() != 0) return;
+#endif
     }
     if (n_gs == 1) return;
 
@@ -601,12 +603,12 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
     const int min_rows = knobs.min_rows >= 0 ? knobs.min_rows : 2 * rows_round;
     const int cl_rows = knobs.cl_rows, max_cl = knobs.max_cl;
     int cl = 1;
-    while (cl < 8 && cl * 2 <= max_cl && blocks * cl * 2 <= (int64_t)c->sm_count && max_len / (cl * 2) >= cl_rows)
+    while (c->cc_major >= 9 && cl < 8 && cl * 2 <= max_cl && blocks * cl * 2 <= (int64_t)c->sm_count && max_len / (cl * 2) >= cl_rows)
         cl *= 2;
     int gs = 1;
     while (cl * gs < DATT_MAX_SPLITS && blocks * cl * gs * 2 <= (int64_t)c->sm_count &&
            max_len / (cl * gs * 2) >= min_rows && per_split * gs * 2 <= LOOM_CUDA_ATTN_WS_BYTES &&
-           blocks <= DATT_MAX_COUNTERS)
+           blocks <= LOOM_CUDA_ATTN_COUNTERS)
         gs *= 2;
     P.n_splits = cl * gs;
     dim3 grid((unsigned)(cl * gs), (unsigned)n_kv_heads, (unsigned)n);

@@ -189,6 +189,7 @@ extern "C" int loom_backend_cuda_create(const struct loom_backend_options *opts,
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
     c->sm_count = prop.multiProcessorCount;
+    c->cc_major = prop.major;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&c->cublas));

@@ -39,6 +39,8 @@ extern "C" {
 
 /* Bytes of the split-softmax workspace for decode attention (partial max, sum and output rows). */
 #define LOOM_CUDA_ATTN_WS_BYTES (64u << 20)
+/* Completion counters of split attention (c->attn_counters): one per (token, KV head) at most. */
+#define LOOM_CUDA_ATTN_COUNTERS 4096
 /* Page-locked staging: a step's metadata uploads and its logits download go through it (a copy from
  * pageable memory is synchronous and slower). */
 #define LOOM_CUDA_PINNED_BYTES (16u << 20)
@@ -90,13 +92,14 @@ struct cuda_graph_entry {
 struct cuda_ctx {
     int device;
     int sm_count;
+    int cc_major;                /* compute capability (9: Hopper: clusters, PDL) */
     size_t smem_optin;           /* largest dynamic shared memory a block may ask for */
     cudaStream_t stream;
     cublasHandle_t cublas;
     cublasLtHandle_t cublaslt;
     void *cublas_ws;             /* [LOOM_CUDA_CUBLAS_WS_BYTES] */
     float *attn_ws;              /* [LOOM_CUDA_ATTN_WS_BYTES / 4] split-softmax partials */
-    int *attn_counters;          /* split-attention completion counters, zero between launches */
+    int *attn_counters;          /* [LOOM_CUDA_ATTN_COUNTERS] split-attention completion counters, zero between launches */
     unsigned char *pinned;       /* [LOOM_CUDA_PINNED_BYTES] page-locked staging for uploads and downloads */
     size_t pinned_used;          /* bytes of it that queued uploads still read (reset when the stream drains) */
     bool f32_exact;              /* F32 matmuls in true fp32 (no TF32) */
