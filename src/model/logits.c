@@ -39,8 +39,11 @@ int loom_model_logits(struct loom_model *m, const struct loom_batch *b, struct l
     struct loom_backend *be = m->be;
     const struct loom_backend_ops *ops = be->ops;
     if (b->n_logits > 0) {
-        struct loom_tensor hl = ws_rows(mi->hl, b->n_logits);
-        ops->gather_rows(be, hl, h, mi->d_logit_rows);
+        /* a decode step wants every row in order: h as it is, no gather */
+        bool identity = b->n_logits <= h.rows;
+        for (int r = 0; identity && r < b->n_logits; r++) identity = b->logit_rows[r] == r;
+        struct loom_tensor hl = identity ? ws_rows(h, b->n_logits) : ws_rows(mi->hl, b->n_logits);
+        if (!identity) ops->gather_rows(be, hl, h, mi->d_logit_rows);
         const int64_t V = c->vocab_size;
         for (int r0 = 0; r0 < b->n_logits; r0 += mi->logit_chunk) {
             int cnt = b->n_logits - r0 < mi->logit_chunk ? b->n_logits - r0 : mi->logit_chunk;

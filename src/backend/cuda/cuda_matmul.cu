@@ -13,6 +13,8 @@
  */
 #include "backend/cuda/cuda_common.h"
 
+#include <stdlib.h>
+
 static cudaDataType_t cuda_dt(enum loom_dtype t)
 {
     switch (t) {
@@ -343,8 +345,13 @@ static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
 {
     dim3 block(32 * GEMV_WARPS);
     size_t smem = NORM ? (size_t)a.n * a.k * sizeof(TX) : 0;
-    /* several outputs per warp only where that still leaves a few blocks per SM */
-    const bool multi = a.n > 2 && a.m >= 4096;
+    /* several outputs per warp only where that still leaves a few blocks per SM; at one row too when
+     * LOOM_GEMV_RW1=1 (an experiment: fewer, longer warps, so that a large product is one wave) */
+    static const int rw1 = [] {
+        const char *e = getenv("LOOM_GEMV_RW1");
+        return e && !strcmp(e, "1") ? 1 : 0;
+    }();
+    const bool multi = (a.n > 2 || (rw1 && a.n == 1)) && a.m >= 4096;
     constexpr int RW = EPI == GEMV_SILU_PAIRS ? 2 : 4;
 #define GEMV_GO(NB, R)                                                                                   \
     do {                                                                                                 \
@@ -352,7 +359,8 @@ static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
         dim3 grid((a.m + rows_per_block - 1) / rows_per_block);                                          \
         cuda_launch(c, gemv_kernel<TW, TX, NB, KW, NORM, EPI, R>, grid, block, smem, a);                 \
     } while (0)
-    if (a.n == 1) GEMV_GO(1, 1);
+    if (a.n == 1 && multi) GEMV_GO(1, RW);
+    else if (a.n == 1) GEMV_GO(1, 1);
     else if (a.n == 2) GEMV_GO(2, 1);
     else if (a.n <= 4 && multi) GEMV_GO(4, RW);
     else if (a.n <= 4) GEMV_GO(4, 1);
