@@ -118,6 +118,7 @@ struct gemv_args {
     const void *norm;  /* the RMS norm's weight [k] (NORM) */
     int ndt;
     float eps;
+    int trigger;       /* let the next kernel launch once this one may run (experiment: LOOM_CUDA_PDL_TRIGGER=1) */
 };
 
 __device__ __forceinline__ float gemv_round(int dt, float v)
@@ -147,7 +148,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
     constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1; /* rows of w per output */
     /* 16-byte slices of w in flight per lane: 4 per row of w (8 for KW = 4, k > 2048: one round trip up
      * to k = 8192), or 8 in all when a warp has several rows */
-    constexpr int BATCH = RW == 1 ? (KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH) : (2 * GEMV_BATCH) / (RW * NR);
+    constexpr int BATCH = RW == 1 ? (KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH)
+                                  : ((KW == 4 && NB == 1 ? 4 : 2) * GEMV_BATCH) / (RW * NR);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * (GEMV_WARPS / KW) + warp / KW) * RW, part = warp % KW;
     const int k = a.k, n = a.n;
@@ -182,6 +184,9 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
         if (EPI != GEMV_SILU_PAIRS && a.bias && storer && live[i]) bias[i] = ld_f(a.bias, a.bdt, row0 + i);
     }
     PDL_PROLOGUE();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (a.trigger) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     if (EPI == GEMV_ACCUMULATE && storer)
 #pragma unroll
         for (int i = 0; i < RW; i++)
@@ -349,17 +354,17 @@ static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
      * LOOM_GEMV_RW1=1 (an experiment: fewer, longer warps, so that a large product is one wave) */
     static const int rw1 = [] {
         const char *e = getenv("LOOM_GEMV_RW1");
-        return e && !strcmp(e, "1") ? 1 : 0;
+        return e ? atoi(e) : 0;
     }();
-    const bool multi = (a.n > 2 || (rw1 && a.n == 1)) && a.m >= 4096;
-    constexpr int RW = EPI == GEMV_SILU_PAIRS ? 2 : 4;
+    const bool multi = (a.n > 2 && a.m >= 4096) || (a.n == 1 && ((rw1 == 1 && a.m >= 4096) || (rw1 == 2 && a.m >= 512)));
+    constexpr int RW = EPI == GEMV_SILU_PAIRS ? 2 : 4, RW1 = 2;
 #define GEMV_GO(NB, R)                                                                                   \
     do {                                                                                                 \
         const int rows_per_block = GEMV_WARPS / KW * (R);                                               \
         dim3 grid((a.m + rows_per_block - 1) / rows_per_block);                                          \
         cuda_launch(c, gemv_kernel<TW, TX, NB, KW, NORM, EPI, R>, grid, block, smem, a);                 \
     } while (0)
-    if (a.n == 1 && multi) GEMV_GO(1, RW);
+    if (a.n == 1 && multi) GEMV_GO(1, RW1);
     else if (a.n == 1) GEMV_GO(1, 1);
     else if (a.n == 2) GEMV_GO(2, 1);
     else if (a.n <= 4 && multi) GEMV_GO(4, RW);
@@ -411,6 +416,11 @@ static struct gemv_args gemv_args_of(struct loom_tensor out, struct loom_tensor 
     a.wstride = w.stride;
     a.bias = bias ? bias->data : NULL;
     a.bdt = bias ? bias->dtype : 0;
+    static const int trigger = [] {
+        const char *e = getenv("LOOM_CUDA_PDL_TRIGGER");
+        return e && !strcmp(e, "1") ? 1 : 0;
+    }();
+    a.trigger = trigger;
     return a;
 }
 
