@@ -52,6 +52,7 @@ struct dattn_params {
     float eps, scale_log2; /* scale * log2(e): scores in the log2 domain */
     int n_heads, n_kv_heads, head_dim, block_size, max_blocks, window, n_splits;
     int early;     /* issue the metadata, constant and earlier-row loads before the PDL wait (default off) */
+    int trigger;   /* PDL_TRIGGER after the wait: the o GEMV's weights load meanwhile (c->pdl_trigger) */
     float *ws;     /* [n_seqs, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
     int *counters; /* [n_seqs * n_kv_heads], zero between launches */
 };
@@ -96,7 +97,10 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
      * the step's first kernel), cache rows of earlier positions (written by earlier steps) and model
      * constants. Measured on the H100 (decode_bench Qwen2-0.5B b1 p128/p1024): no gain; off, the
      * kernel waits first. */
-    if (!P.early) PDL_PROLOGUE();
+    if (!P.early) {
+        PDL_PROLOGUE();
+        if (P.trigger) PDL_TRIGGER();
+    }
     const int split = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int pos = P.seq_lens[s] - 1;
@@ -142,7 +146,10 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
     }
     const float fpos = (float)P.positions[s];
     const int64_t slot = P.slots[s];
-    if (P.early) PDL_PROLOGUE(); /* the q|k|v row is the previous kernel's output */
+    if (P.early) { /* the q|k|v row is the previous kernel's output */
+        PDL_PROLOGUE();
+        if (P.trigger) PDL_TRIGGER();
+    }
 
     /* ---- prologue: q heads kvh * G + h (h < G), then k (h == G), then v (h == G + 1) ---- */
     const T *row = (const T *)P.qkv + (int64_t)s * P.qkv_stride;
@@ -586,6 +593,7 @@ bool cuda_decode_attention(struct loom_backend *be, struct loom_tensor out, stru
     P.max_blocks = meta->max_blocks_per_seq;
     P.window = sliding_window;
     P.early = knobs.early;
+    P.trigger = c->pdl_trigger;
     P.ws = c->attn_ws;
     P.counters = c->attn_counters;
 

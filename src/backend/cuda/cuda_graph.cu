@@ -27,6 +27,8 @@ void cuda_rec_init(struct cuda_ctx *c)
     c->graphs = !(e && !strcmp(e, "0"));
     e = getenv("LOOM_CUDA_PDL");
     c->pdl = !(e && !strcmp(e, "0"));
+    e = getenv("LOOM_CUDA_PDL_TRIGGER");
+    c->pdl_trigger = !(e && !strcmp(e, "0"));
     int major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device));
     if (major < 9) c->pdl = false;

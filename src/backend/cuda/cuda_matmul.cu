@@ -118,7 +118,7 @@ struct gemv_args {
     const void *norm;  /* the RMS norm's weight [k] (NORM) */
     int ndt;
     float eps;
-    int trigger;       /* let the next kernel launch once this one may run (experiment: LOOM_CUDA_PDL_TRIGGER=1) */
+    int trigger;       /* PDL_TRIGGER once this kernel may run (c->pdl_trigger) */
 };
 
 __device__ __forceinline__ float gemv_round(int dt, float v)
@@ -184,9 +184,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args 
         if (EPI != GEMV_SILU_PAIRS && a.bias && storer && live[i]) bias[i] = ld_f(a.bias, a.bdt, row0 + i);
     }
     PDL_PROLOGUE();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (a.trigger) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+    if (a.trigger) PDL_TRIGGER();
     if (EPI == GEMV_ACCUMULATE && storer)
 #pragma unroll
         for (int i = 0; i < RW; i++)
@@ -350,13 +348,14 @@ static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
 {
     dim3 block(32 * GEMV_WARPS);
     size_t smem = NORM ? (size_t)a.n * a.k * sizeof(TX) : 0;
-    /* several outputs per warp only where that still leaves a few blocks per SM; at one row too when
-     * LOOM_GEMV_RW1=1 (an experiment: fewer, longer warps, so that a large product is one wave) */
-    static const int rw1 = [] {
+    /* Several outputs per warp where that still leaves a few blocks per SM: from 3 rows of x on, RW for
+     * m >= 4096; at one row, 2 for m >= 512 (fewer, longer warps: Qwen2-0.5B's down product then fits
+     * one wave; 0.853 -> 0.832 ms per batch-1 decode step, device run s3/19). LOOM_GEMV_RW1=0: one. */
+    static const bool rw1 = [] {
         const char *e = getenv("LOOM_GEMV_RW1");
-        return e ? atoi(e) : 0;
+        return !(e && !strcmp(e, "0"));
     }();
-    const bool multi = (a.n > 2 && a.m >= 4096) || (a.n == 1 && ((rw1 == 1 && a.m >= 4096) || (rw1 == 2 && a.m >= 512)));
+    const bool multi = (a.n > 2 && a.m >= 4096) || (a.n == 1 && rw1 && a.m >= 512);
     constexpr int RW = EPI == GEMV_SILU_PAIRS ? 2 : 4, RW1 = 2;
 #define GEMV_GO(NB, R)                                                                                   \
     do {                                                                                                 \
@@ -416,11 +415,6 @@ static struct gemv_args gemv_args_of(struct loom_tensor out, struct loom_tensor 
     a.wstride = w.stride;
     a.bias = bias ? bias->data : NULL;
     a.bdt = bias ? bias->dtype : 0;
-    static const int trigger = [] {
-        const char *e = getenv("LOOM_CUDA_PDL_TRIGGER");
-        return e && !strcmp(e, "1") ? 1 : 0;
-    }();
-    a.trigger = trigger;
     return a;
 }
 
@@ -430,6 +424,7 @@ static bool try_gemv(struct cuda_ctx *c, struct loom_tensor out, struct loom_ten
 {
     if (!gemv_fits(x, w)) return false;
     struct gemv_args a = gemv_args_of(out, x, w, (int)w.rows, bias);
+    a.trigger = c->pdl_trigger;
     if (w.dtype == LOOM_DTYPE_BF16 && x.dtype == LOOM_DTYPE_BF16)
         gemv_launch<__nv_bfloat16, __nv_bfloat16, false, GEMV_STORE>(c, a);
     else if (w.dtype == LOOM_DTYPE_F16 && x.dtype == LOOM_DTYPE_F16)
@@ -469,6 +464,7 @@ bool cuda_matmul_fused(struct loom_backend *be, const struct loom_matmul_fused *
     if (norm && (x.cols > GEMV_NORM_MAX_K || f->norm->rows * f->norm->cols != x.cols)) return false;
     if (f->silu_pairs && f->bias) return false;
     struct gemv_args a = gemv_args_of(out, x, w, m, f->bias);
+    a.trigger = c->pdl_trigger;
     a.pair = f->silu_pairs ? m : 0;
     if (norm) {
         a.norm = f->norm->data;
