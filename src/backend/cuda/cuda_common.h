@@ -161,7 +161,7 @@ static inline struct cuda_ctx *cuda_ctx_of(struct loom_backend *be)
 /* Lets the next kernel launch now (its blocks start, fetch what does not depend on this kernel, e.g.
  * weights, and wait in their PDL_PROLOGUE). Called right after this kernel's own wait, so at most one
  * kernel waits ahead. Kernels whose successor prefetches weights call it (GEMVs, decode attention):
- * 0.880 -> 0.853 ms per Qwen2-0.5B decode step at batch 1 (device run s3/19). An earlier try that
+ * 0.880 -> 0.853 ms per Qwen2-0.5B decode step at batch 1 (device run s3/18). An earlier try that
  * triggered every kernel at its top, before anything prefetched, measured slower. */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")

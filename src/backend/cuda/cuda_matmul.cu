@@ -350,7 +350,7 @@ static void gemv_launch_kw(struct cuda_ctx *c, const struct gemv_args &a)
     size_t smem = NORM ? (size_t)a.n * a.k * sizeof(TX) : 0;
     /* Several outputs per warp where that still leaves a few blocks per SM: from 3 rows of x on, RW for
      * m >= 4096; at one row, 2 for m >= 512 (fewer, longer warps: Qwen2-0.5B's down product then fits
-     * one wave; 0.853 -> 0.832 ms per batch-1 decode step, device run s3/19). LOOM_GEMV_RW1=0: one. */
+     * one wave; 0.853 -> 0.832 ms per batch-1 decode step, device run s3/18). LOOM_GEMV_RW1=0: one. */
     static const bool rw1 = [] {
         const char *e = getenv("LOOM_GEMV_RW1");
         return !(e && !strcmp(e, "0"));
