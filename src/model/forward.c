@@ -15,6 +15,10 @@
  *                      expert e: x[rows routed to e] += w * expert_e(h[those rows])
  *   logits = rmsnorm(x)[logit_rows] @ lm_head^T, in chunks of rows, downloaded as F32
  *
+ * Where the backend has the optional fused ops, a product takes its neighbours in (matmul_fused: the
+ * rmsnorm as its prologue, the residual add or silu(g) * u as its epilogue) and a decode step's
+ * q/k norm + rope + K/V write + attention are one op (decode_attention); the separate ops above are
+ * the fallback, taken per call where the backend declines (and always on the CPU).
  * The MoE block is model/moe.c.
  * The batch is validated on the host first (ids, slots against block tables, lengths), so a bad
  * batch is LOOM_EINVAL and never a stray memory access. It allocates nothing.
@@ -231,13 +235,18 @@ int loom_model_forward(struct loom_model *m, const struct loom_batch *b, float *
                 if ((s = loom_moe_block(m, L, x, h, n))) return s;
                 continue;
             }
-            if (L->gate_up.data) {
-                ops->matmul(be, gu, h, L->gate_up, NULL);
+            if (L->gate_up.data && fused(mi, be, (struct loom_matmul_fused){.out = ws_view(mi->gate_up, n, I), .x = h,
+                                                                           .w = L->gate_up, .silu_pairs = true})) {
+                g = ws_view(mi->gate_up, n, I); /* the SwiGLU product without the norm (e.g. hidden > 2048) */
             } else {
-                ops->matmul(be, g, h, L->gate, NULL);
-                ops->matmul(be, u, h, L->up, NULL);
+                if (L->gate_up.data) {
+                    ops->matmul(be, gu, h, L->gate_up, NULL);
+                } else {
+                    ops->matmul(be, g, h, L->gate, NULL);
+                    ops->matmul(be, u, h, L->up, NULL);
+                }
+                ops->silu_mul(be, g, g, u); /* in place into the gate half; down reads it strided */
             }
-            ops->silu_mul(be, g, g, u); /* in place into the gate half; down reads it strided */
         }
         if (!fused(mi, be, (struct loom_matmul_fused){.out = x, .x = g, .w = L->down, .accumulate = true})) {
             ops->matmul(be, o, g, L->down, NULL);
