@@ -51,7 +51,7 @@ struct dattn_params {
     int qndt, kndt;
     float eps, scale_log2; /* scale * log2(e): scores in the log2 domain */
     int n_heads, n_kv_heads, head_dim, block_size, max_blocks, window, n_splits;
-    int early;     /* issue the metadata, constant and earlier-row loads before the PDL wait (default off) */
+    int early;     /* issue the metadata, constant and earlier-row loads before the PDL wait (default on) */
     int trigger;   /* PDL_TRIGGER after the wait: the o GEMV's weights load meanwhile (c->pdl_trigger) */
     float *ws;     /* [n_seqs, n_heads, n_splits, head_dim + 2] when n_splits > 1 */
     int *counters; /* [n_seqs * n_kv_heads], zero between launches */
@@ -92,11 +92,13 @@ static __device__ __forceinline__ void dattn_body(const struct dattn_params &P)
     __shared__ float part[CL > 1 ? G * (D + 2) : 1]; /* this block's partial, read by the cluster's rank 0 */
     __shared__ int last_s;
 
-    /* P.early (LOOM_CUDA_DATT_EARLY=1; off by default): the loads up to the q|k|v row go out before the
-     * PDL wait. They read only what no kernel of the step writes: the step's metadata (uploaded before
-     * the step's first kernel), cache rows of earlier positions (written by earlier steps) and model
-     * constants. Measured on the H100 (decode_bench Qwen2-0.5B b1 p128/p1024): no gain; off, the
-     * kernel waits first. */
+    /* P.early (on by default; LOOM_CUDA_DATT_EARLY=0: off): the loads up to the q|k|v row go out before
+     * the PDL wait. They read only what no kernel of the step writes: the step's metadata (uploaded
+     * before the step's first kernel), cache rows of earlier positions (written by earlier steps) and
+     * model constants. Alone it measured no gain (the kernel launched when its predecessor finished);
+     * since the q|k|v GEMV lets it launch early (PDL_TRIGGER), these loads overlap that GEMV: decode_bench
+     * Qwen2-0.5B b1 p128 0.820 -> 0.790-0.807 ms/step, p1024 0.899 -> 0.843, b64 3.96 -> 3.69 (device
+     * run s3/21). Off, the kernel waits first. */
     if (!P.early) {
         PDL_PROLOGUE();
         if (P.trigger) PDL_TRIGGER();
@@ -520,7 +522,7 @@ static struct dattn_knobs dattn_knobs_get(void)
         k.min_rows = dattn_env("LOOM_CUDA_DATT_MIN_ROWS", -1);
         k.cl_rows = dattn_env("LOOM_CUDA_DATT_CL_ROWS", 16);
         k.max_cl = dattn_env("LOOM_CUDA_DATT_MAX_CL", 8);
-        k.early = dattn_env("LOOM_CUDA_DATT_EARLY", 0) != 0; /* run 3: no gain measured, so off */
+        k.early = dattn_env("LOOM_CUDA_DATT_EARLY", 1) != 0; /* see dattn_body: a gain once launched early */
     }
     return k;
 }
