@@ -72,8 +72,18 @@ int main(int argc, char **argv)
     int32_t *sl = loom_malloc(sizeof(int32_t) * (size_t)B), *rows = loom_malloc(sizeof(int32_t) * (size_t)B);
     int32_t *bt = loom_malloc(sizeof(int32_t) * (size_t)B * per_seq);
     float *logits = loom_malloc(sizeof(float) * (size_t)B * V);
+    /* scattered: logical block b -> physical (b * stride) % per_seq, a permutation only when stride and
+     * per_seq share no factor (stride 5 with per_seq 70 mapped several blocks to one: runs with such
+     * shapes read K/V that other positions overwrote, and their logits changed from run to run) */
+    int stride = 5;
+    for (;;) {
+        int a = stride, b = per_seq;
+        while (b) { int t = a % b; a = b; b = t; }
+        if (a == 1) break;
+        stride++;
+    }
     for (int s = 0; s < B; s++)
-        for (int b = 0; b < per_seq; b++) bt[s * per_seq + b] = s * per_seq + (b * 5) % per_seq; /* scattered */
+        for (int b = 0; b < per_seq; b++) bt[s * per_seq + b] = s * per_seq + (int)(((int64_t)b * stride) % per_seq);
 
     /* prefill */
     for (int s = 0; s < B; s++) {
