@@ -52,9 +52,10 @@ __device__ float block_sum(float v)
 /* ---- embedding / gather ---- */
 
 __global__ void gather_rows_kernel(void *out, int odt, int64_t ostride, const void *x, int xdt, int64_t xstride,
-                                   const int32_t *idx, int64_t cols)
+                                   const int32_t *idx, int64_t cols, int trigger)
 {
     PDL_PROLOGUE();
+    if (trigger) PDL_TRIGGER(); /* the embedding: the first q|k|v GEMV's weights load meanwhile */
     int64_t r = blockIdx.x;
     int64_t src = idx[r];
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
@@ -65,8 +66,9 @@ void cuda_embedding(struct loom_backend *be, struct loom_tensor out, struct loom
 {
     LOOM_ASSERT(out.cols == table.cols);
     if (out.rows == 0) return;
-    cuda_launch(cuda_ctx_of(be), gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, 
-        out.data, out.dtype, out.stride, table.data, table.dtype, table.stride, ids, out.cols);
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_launch(c, gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, out.data, out.dtype, out.stride,
+                table.data, table.dtype, table.stride, ids, out.cols, (int)c->pdl_trigger);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -74,8 +76,9 @@ void cuda_gather_rows(struct loom_backend *be, struct loom_tensor out, struct lo
 {
     LOOM_ASSERT(out.cols == x.cols);
     if (out.rows == 0) return;
-    cuda_launch(cuda_ctx_of(be), gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, 
-        out.data, out.dtype, out.stride, x.data, x.dtype, x.stride, idx, out.cols);
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_launch(c, gather_rows_kernel, dim3(rows_grid(out.rows)), dim3(256), 0, out.data, out.dtype, out.stride,
+                x.data, x.dtype, x.stride, idx, out.cols, (int)c->pdl_trigger);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -121,9 +124,10 @@ __device__ __forceinline__ float round_to(int dt, float v)
 template <int EPT, bool FUSED>
 __global__ void __launch_bounds__(ROW_THREADS)
     norm_reg_kernel(void *res, int rdt, int64_t rstride, const void *x, int xdt, int64_t xstride, void *out, int odt,
-                    int64_t ostride, const void *w, int wdt, int cols, float eps)
+                    int64_t ostride, const void *w, int wdt, int cols, float eps, int trigger)
 {
     PDL_PROLOGUE();
+    if (trigger) PDL_TRIGGER(); /* a norm precedes a product: the GEMV's weights load meanwhile */
     const int64_t r = blockIdx.x;
     float v[EPT], wv[EPT];
 #pragma unroll
@@ -198,16 +202,16 @@ static void norm_launch(struct loom_backend *be, bool fused, struct loom_tensor 
                         struct loom_tensor out, struct loom_tensor w, float eps)
 {
     struct cuda_ctx *c = cuda_ctx_of(be);
-    int cols = (int)x.cols, ept = (cols + ROW_THREADS - 1) / ROW_THREADS;
+    int cols = (int)x.cols, ept = (cols + ROW_THREADS - 1) / ROW_THREADS, trig = c->pdl_trigger;
     dim3 grid(rows_grid(x.rows)), block(ROW_THREADS);
 #define NORM_CASE(E)                                                                                     \
     if (ept <= E) {                                                                                      \
         if (fused)                                                                                       \
             cuda_launch(c, norm_reg_kernel<E, true>, grid, block, 0, res.data, res.dtype, res.stride, x.data, x.dtype, \
-                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps);          \
+                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps, trig);    \
         else                                                                                             \
             cuda_launch(c, norm_reg_kernel<E, false>, grid, block, 0, (void *)NULL, 0, (int64_t)0, x.data, x.dtype, \
-                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps);          \
+                        x.stride, out.data, out.dtype, out.stride, w.data, w.dtype, cols, eps, trig);    \
         return;                                                                                          \
     }
     NORM_CASE(1)
@@ -322,9 +326,10 @@ void cuda_kv_store(struct loom_backend *be, struct loom_tensor k_cache, struct l
 /* ---- elementwise ---- */
 
 __global__ void silu_mul_kernel(void *out, int odt, int64_t ostride, const void *g, int gdt, int64_t gstride,
-                                const void *u, int udt, int64_t ustride, int64_t rows, int64_t cols)
+                                const void *u, int udt, int64_t ustride, int64_t rows, int64_t cols, int trigger)
 {
     PDL_PROLOGUE();
+    if (trigger) PDL_TRIGGER(); /* the down GEMV's weights load meanwhile */
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols, c = i % cols;
@@ -338,9 +343,10 @@ void cuda_silu_mul(struct loom_backend *be, struct loom_tensor out, struct loom_
     LOOM_ASSERT(out.rows == gate.rows && out.cols == gate.cols && up.rows == gate.rows && up.cols == gate.cols);
     int64_t total = out.rows * out.cols;
     if (total == 0) return;
-    cuda_launch(cuda_ctx_of(be), silu_mul_kernel, dim3(flat_grid(total, 256)), dim3(256), 0, 
-        out.data, out.dtype, out.stride, gate.data, gate.dtype, gate.stride, up.data, up.dtype, up.stride, out.rows,
-        out.cols);
+    struct cuda_ctx *c = cuda_ctx_of(be);
+    cuda_launch(c, silu_mul_kernel, dim3(flat_grid(total, 256)), dim3(256), 0, out.data, out.dtype, out.stride,
+                gate.data, gate.dtype, gate.stride, up.data, up.dtype, up.stride, out.rows, out.cols,
+                (int)c->pdl_trigger);
     CUDA_LAUNCH_CHECK();
 }
 
