@@ -142,19 +142,14 @@ template <typename T> __device__ __forceinline__ uint4 pack8(const float *f)
  * consecutive outputs, so each slice of x it loads serves RW rows of w (at 8 rows of x, one row of w
  * per warp re-read x eight times per weight byte and was bound by those loads, not by memory): RW
  * outputs per warp where m is large enough (>= 4096) to keep a few blocks per SM. */
-/* At one row, SwiGLU pairs two per warp: at most 102 registers, so that 5 blocks fit an SM and Qwen2-0.5B's
- * gate|up product (608 blocks) is one wave on 132 SMs. */
 template <typename TW, typename TX, int NB, int KW, bool NORM, int EPI, int RW>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, NB == 1 && RW > 1 && EPI == GEMV_SILU_PAIRS ? 5 : 1)
-    gemv_kernel(struct gemv_args a)
+__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(struct gemv_args a)
 {
     constexpr int NR = EPI == GEMV_SILU_PAIRS ? 2 : 1; /* rows of w per output */
     /* 16-byte slices of w in flight per lane: 4 per row of w (8 for KW = 4, k > 2048: one round trip up
-     * to k = 8192), or 8 in all when a warp has several rows; at one row of x, 4 per row of w again
-     * (so a whole row of k <= 1024 is loaded before the PDL wait, SwiGLU pairs included) */
-    constexpr int BATCH = RW == 1   ? (KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH)
-                          : NB == 1 ? (KW == 4 ? 4 * GEMV_BATCH : 2 * GEMV_BATCH * NR) / (RW * NR)
-                                    : (2 * GEMV_BATCH) / (RW * NR);
+     * to k = 8192), or 8 in all when a warp has several rows */
+    constexpr int BATCH = RW == 1 ? (KW == 4 ? 2 * GEMV_BATCH : GEMV_BATCH)
+                                  : ((KW == 4 && NB == 1 ? 4 : 2) * GEMV_BATCH) / (RW * NR);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * (GEMV_WARPS / KW) + warp / KW) * RW, part = warp % KW;
     const int k = a.k, n = a.n;
