@@ -23,6 +23,12 @@
 
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
+/* One block per row: its passes over the row are bound by the loads in flight, so each thread loads
+ * SAMPLE_UNROLL elements (stride n apart, in id order) before using any. */
+#define SAMPLE_UNROLL 8
+#define SAMPLE_LOAD(v, x, i0, n, end)                                                                    \
+    _Pragma("unroll") for (int k_ = 0; k_ < SAMPLE_UNROLL; k_++)(v)[k_] =                              \
+        (i0) + k_ * (n) < (end) ? (x)[(i0) + k_ * (n)] : 0.0f
 #define SAMPLING_EPS 1e-5f /* as the host: temperatures below are greedy */
 
 typedef unsigned long long u64;
@@ -186,8 +192,15 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
     if (R.temperature < SAMPLING_EPS) { /* greedy: the largest logit, the lowest id on ties */
         float best = -INFINITY;
         int bi = 0x7fffffff;
-        for (int i = tid; i < V; i += nt)
-            if (x[i] > best || bi == 0x7fffffff) best = x[i], bi = i;
+        for (int i0 = tid; i0 < V; i0 += SAMPLE_UNROLL * nt) {
+            float v[SAMPLE_UNROLL];
+            SAMPLE_LOAD(v, x, i0, nt, V);
+#pragma unroll
+            for (int k = 0; k < SAMPLE_UNROLL; k++) {
+                const int i = i0 + k * nt;
+                if (i < V && (v[k] > best || bi == 0x7fffffff)) best = v[k], bi = i;
+            }
+        }
         for (int o = 16; o > 0; o >>= 1) {
             float ob = __shfl_xor_sync(0xffffffffu, best, o);
             int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -205,10 +218,17 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
 
     const float inv_t = __fdiv_rn(1.0f, R.temperature);
     float m = -INFINITY;
-    for (int i = tid; i < V; i += nt) {
-        float v = x[i] * inv_t;
-        x[i] = v;
-        m = fmaxf(m, v);
+    for (int i0 = tid; i0 < V; i0 += SAMPLE_UNROLL * nt) {
+        float v[SAMPLE_UNROLL];
+        SAMPLE_LOAD(v, x, i0, nt, V);
+#pragma unroll
+        for (int k = 0; k < SAMPLE_UNROLL; k++) {
+            const int i = i0 + k * nt;
+            if (i >= V) break;
+            v[k] *= inv_t;
+            x[i] = v[k];
+            m = fmaxf(m, v[k]);
+        }
     }
     m = block_max(m, sm);
     if (m == -INFINITY) { /* everything masked: as the host, token 0 */
@@ -232,7 +252,15 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
                 if (fkey(x[i]) < K) x[i] = -INFINITY;
         }
     }
-    for (int i = tid; i < V; i += nt) x[i] = x[i] > -INFINITY ? expf(x[i] - m) : 0.0f;
+    for (int i0 = tid; i0 < V; i0 += SAMPLE_UNROLL * nt) {
+        float v[SAMPLE_UNROLL];
+        SAMPLE_LOAD(v, x, i0, nt, V);
+#pragma unroll
+        for (int k = 0; k < SAMPLE_UNROLL; k++) {
+            const int i = i0 + k * nt;
+            if (i < V) x[i] = v[k] > -INFINITY ? expf(v[k] - m) : 0.0f;
+        }
+    }
     __syncthreads();
 
     /* top_p: keep p's bits > K, and the first n_tied_keep (in id order) of those equal to K */
@@ -271,9 +299,10 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
         tie_base = block_excl_scan<u64>(lane == 0 ? c : 0, &all, sm.wu, &sm.total_u);
         tie_base = __shfl_sync(0xffffffffu, tie_base, 0);
     }
-    /* the kept mass of element i (0: dropped), given the tied elements before it; advances the tie count */
-    auto kept = [&](int i, u64 &ties) -> u64 {
-        const float v = i < hi ? x[i] : 0.0f;
+    /* the kept mass of element i with value v (0: dropped), given the tied elements before it; advances the
+     * tie count */
+    auto kept = [&](int i, float v, u64 &ties) -> u64 {
+        if (i >= hi) v = 0.0f;
         const u64 f = pmass(v);
         const uint32_t b = __float_as_uint(v);
         const bool tied = top_p && f && b == K;
@@ -285,7 +314,12 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
     u64 wmass = 0;
     {
         u64 ties = tie_base;
-        for (int i0 = lo; i0 < hi; i0 += 32) wmass += kept(i0 + lane, ties);
+        for (int j0 = lo; j0 < hi; j0 += 32 * SAMPLE_UNROLL) {
+            float v[SAMPLE_UNROLL];
+            SAMPLE_LOAD(v, x, j0 + lane, 32, hi);
+#pragma unroll
+            for (int k = 0; k < SAMPLE_UNROLL; k++) wmass += kept(j0 + 32 * k + lane, v[k], ties);
+        }
         for (int o = 16; o > 0; o >>= 1) wmass += __shfl_xor_sync(0xffffffffu, wmass, o);
     }
     u64 total;
@@ -294,19 +328,27 @@ __device__ void sample_row(float *x, int V, const struct loom_sample_row &R, con
     if (u >= total) u = total - 1;
     if (wmass && base <= u && u < base + wmass) { /* this warp holds the draw: walk its ids again */
         u64 acc = base, ties = tie_base;
-        for (int i0 = lo; i0 < hi; i0 += 32) {
-            const u64 f = kept(i0 + lane, ties);
-            u64 incl = f; /* inclusive prefix over the lanes */
-            for (int o = 1; o < 32; o <<= 1) {
-                const u64 t = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += t;
+        bool found = false;
+        for (int j0 = lo; j0 < hi && !found; j0 += 32 * SAMPLE_UNROLL) {
+            float v[SAMPLE_UNROLL];
+            SAMPLE_LOAD(v, x, j0 + lane, 32, hi);
+#pragma unroll
+            for (int k = 0; k < SAMPLE_UNROLL; k++) {
+                const int i0 = j0 + 32 * k;
+                const u64 f = kept(i0 + lane, v[k], ties);
+                u64 incl = f; /* inclusive prefix over the lanes */
+                for (int o = 1; o < 32; o <<= 1) {
+                    const u64 t = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (lane >= o) incl += t;
+                }
+                const unsigned hit = __ballot_sync(0xffffffffu, f && acc + incl > u);
+                if (hit) {
+                    if (lane == __ffs(hit) - 1) out[r] = i0 + lane;
+                    found = true;
+                    break;
+                }
+                acc += __shfl_sync(0xffffffffu, incl, 31);
             }
-            const unsigned hit = __ballot_sync(0xffffffffu, f && acc + incl > u);
-            if (hit) {
-                if (lane == __ffs(hit) - 1) out[r] = i0 + lane;
-                break;
-            }
-            acc += __shfl_sync(0xffffffffu, incl, 31);
         }
     }
 }
